@@ -1,0 +1,23 @@
+# clearbench: the CLEAR unlearning benchmark as one DAG.
+#   snakemake --cores 2 results/leaderboard.csv                       (default profile)
+#   snakemake --cores 2 --configfile config/smoke.yaml results/leaderboard.csv
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/base.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/unlearn.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/leaderboard.csv",

@@ -1,0 +1,138 @@
+"""`python -m clearbench <stage> ...`: the one entry point every Snakemake rule calls.
+
+Hyperparameters arrive as one JSON object (`--hp`), built by the rule from params.yaml, so a
+step can be rerun by hand with exactly the values the pipeline used (see the rule's log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_data_text(a) -> dict:
+    from clearbench.data.text import build_text_dataset
+
+    hp = a.hp
+    return build_text_dataset(
+        source=hp["source"],
+        out_dir=a.out,
+        seed=hp["seed"],
+        n_authors=hp["n_authors"],
+        qa_per_author=hp["qa_per_author"],
+        forget_fractions=hp["forget_fractions"],
+        n_general=hp["n_general"],
+    )
+
+
+def cmd_base(a) -> dict:
+    from clearbench.train.text import pretrain_base
+
+    set_threads(a.threads)
+    return pretrain_base(a.qa, a.corpus, a.out, a.hp)
+
+
+def cmd_finetune(a) -> dict:
+    from clearbench.train.text import finetune
+
+    set_threads(a.threads)
+    return finetune(a.base, a.data, a.out, a.hp)
+
+
+def cmd_unlearn(a) -> dict:
+    from clearbench.unlearn.text import unlearn
+
+    set_threads(a.threads)
+    return unlearn(a.original, a.forget, a.retain, a.out, a.hp)
+
+
+def cmd_eval(a) -> dict:
+    from clearbench.eval.text import evaluate
+
+    set_threads(a.threads)
+    tasks = dict(item.split("=", 1) for item in a.task)
+    return evaluate(a.model, tasks, a.out, a.hp)
+
+
+def cmd_leaderboard(a) -> dict:
+    from clearbench.report.leaderboard import build_leaderboard
+
+    return build_leaderboard(a.metrics, a.models, a.out, a.tables, a.plots, a.hp)
+
+
+def json_arg(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--hp is not valid JSON: {err}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clearbench", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    def stage(name, fn, help):
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--hp", type=json_arg, default={}, help="hyperparameters as JSON")
+        s.add_argument("--threads", type=int, default=1)
+        s.set_defaults(fn=fn)
+        return s
+
+    s = stage("data-text", cmd_data_text, "synthesize authors or import TOFU; write the splits")
+    s.add_argument("--out", required=True)
+    s = stage("base", cmd_base, "tokenizer + base model (pretrained here or a checkpoint)")
+    s.add_argument("--qa", nargs="+", required=True, help="general-knowledge QA tables")
+    s.add_argument("--corpus", nargs="+", required=True, help="tables the tokenizer must cover")
+    s.add_argument("--out", required=True)
+    s = stage("finetune", cmd_finetune, "LoRA finetuning (original or gold)")
+    s.add_argument("--base", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s = stage("unlearn", cmd_unlearn, "run one unlearning method")
+    s.add_argument("--original", required=True)
+    s.add_argument("--forget", required=True)
+    s.add_argument("--retain", required=True)
+    s.add_argument("--out", required=True)
+    s = stage("eval", cmd_eval, "per-sample evaluation table of one model")
+    s.add_argument("--model", required=True)
+    s.add_argument("--task", action="append", required=True, help="TASK=QA.parquet")
+    s.add_argument("--out", required=True)
+    s = stage("leaderboard", cmd_leaderboard, "leaderboard.csv and tables from metrics files")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--models", nargs="+", required=True, help="model folders, same order")
+    s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
+    s.add_argument("--plots", required=True, help="folder for the plots")
+    s.add_argument("--out", required=True)
+    # metrics and mia own their argument parsing (they are the public scoring contracts)
+    sub.add_parser("metrics", help="score a per-sample table (DESIGN section 6)", add_help=False)
+    sub.add_parser("mia", help="U-LIRA / U-MIA from a vision scores table", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "metrics":
+        from clearbench.metrics.text import main as metrics_main
+
+        return metrics_main(argv[1:])
+    if argv and argv[0] == "mia":
+        from clearbench.vision.mia import main as mia_main
+
+        return mia_main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        summary = args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        # our own errors (ConfigError, DataError, ModelError) are ValueErrors with one line
+        msg = f"missing hyperparameter {err}" if isinstance(err, KeyError) else str(err)
+        print(f"error: {args.stage}: {msg}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, default=str))
+    return 0

@@ -1,0 +1,126 @@
+"""Per-sample evaluation of a language model: the table every metric is computed from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from clearbench.data.text import read_qa
+from clearbench.models.factory import load_model, load_tokenizer, read_model_json
+from clearbench.train.qa import PROMPT, collate, encode, sequence_nll
+
+EVAL_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("sample_id", pa.string()),
+        ("gt_loss", pa.float64()),
+        ("para_loss", pa.float64()),
+        ("perturbed_losses", pa.list_(pa.float64())),
+        ("generation", pa.string()),
+        ("answer", pa.string()),
+    ]
+)
+
+
+def pick_samples(df: pd.DataFrame, max_samples: int, seed: int) -> pd.DataFrame:
+    """A seeded subset (all rows when max_samples <= 0), in a stable order."""
+    df = df.sort_values("sample_id").reset_index(drop=True)
+    if 0 < max_samples < len(df):
+        keep = np.random.default_rng(seed).choice(len(df), size=max_samples, replace=False)
+        df = df.iloc[np.sort(keep)].reset_index(drop=True)
+    return df
+
+
+@torch.no_grad()
+def answer_losses(model, tok, pairs: list[tuple[str, str]], max_len: int, batch_size: int):
+    """Mean answer-token NLL for each (question, answer), batched by length for speed."""
+    encoded = [encode(tok, q, a, max_len) for q, a in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out = np.empty(len(encoded))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = sequence_nll(model, collate([encoded[i] for i in idx], tok.pad_token_id)).numpy()
+    return out
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, questions: list[str], max_new_tokens: int, batch_size: int):
+    tok.padding_side = "left"
+    answers = []
+    for start in range(0, len(questions), batch_size):
+        prompts = [PROMPT.format(question=q) for q in questions[start : start + batch_size]]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        answers += [
+            s.strip()
+            for s in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
+        ]
+    tok.padding_side = "right"
+    return answers
+
+
+def evaluate_task(model, tok, task: str, df: pd.DataFrame, hp: dict) -> pd.DataFrame:
+    """One row per sample: gt, paraphrase and perturbed losses plus the greedy generation."""
+    pairs = []
+    for row in df.itertuples():
+        options = [row.answer] + ([row.paraphrased_answer] if row.paraphrased_answer else [])
+        pairs += [(row.question, o) for o in options + list(row.perturbed_answers)]
+    losses = iter(answer_losses(model, tok, pairs, hp["max_len"], hp["batch_size"]).tolist())
+    generations = greedy_answers(
+        model, tok, list(df["question"]), hp["max_new_tokens"], hp["batch_size"]
+    )
+    rows = []
+    for row, generation in zip(df.itertuples(), generations, strict=True):
+        gt = next(losses)
+        para = next(losses) if row.paraphrased_answer else None
+        rows.append(
+            {
+                "task": task,
+                "sample_id": row.sample_id,
+                "gt_loss": gt,
+                "para_loss": para,
+                "perturbed_losses": [next(losses) for _ in row.perturbed_answers],
+                "generation": generation,
+                "answer": row.answer,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pandas(df, schema=EVAL_SCHEMA, preserve_index=False), tmp)
+    os.replace(tmp, path)
+
+
+def evaluate(model_dir: str, tasks: dict[str, str], out_path: str, hp: dict) -> dict:
+    """Evaluate one model on every task; a diverged model gets an empty table, never garbage."""
+    meta = read_model_json(model_dir)
+    if meta.get("status", "ok") != "ok":
+        write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
+        return {"status": meta["status"], "rows": 0}
+    torch.manual_seed(hp["seed"])
+    model, meta = load_model(model_dir)
+    tok = load_tokenizer(meta["base"])
+    tables = []
+    for task, path in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
+        df = pick_samples(read_qa(path), hp["max_samples"], hp["seed"])
+        tables.append(evaluate_task(model, tok, task, df, hp))
+    table = pd.concat(tables, ignore_index=True)
+    write_table(table, out_path)
+    return {"status": "ok", "rows": len(table)}

@@ -1,0 +1,234 @@
+"""CLEAR text metrics, computed only from a per-sample eval table (DESIGN.md section 6).
+
+The table has one row per (task, sample) with columns task, sample_id, gt_loss, para_loss,
+perturbed_losses, generation, answer; every loss is a mean token NLL, so p(y|x) = exp(-loss)
+is the length-normalised probability of the paper (section 4.3).
+
+    python -m clearbench metrics EVAL.parquet [--gold GOLD.parquet] [--out FILE.json]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rouge_score import rouge_scorer
+from scipy.spatial.distance import jensenshannon
+from scipy.special import logsumexp
+from scipy.stats import hmean, ks_2samp
+
+COLUMNS = ("task", "sample_id", "gt_loss", "para_loss", "perturbed_losses", "generation", "answer")
+# One dict covers both tracks: only the tasks present in a table are used.
+DEFAULT_GROUPS = {
+    "real": ("real_faces", "real_world", "real_authors", "world_facts"),
+    "retain": ("retain", "retain_facerec"),
+    "forget": ("forget", "forget_facerec"),
+}
+GROUP_METRICS = ("rouge_l", "probability", "truth_ratio")  # what a group's harmonic mean is over
+FORGET_TASK = "forget"  # forget quality compares truth ratios on this task only
+JS_BINS = 20
+MIN_P_VALUE = 1e-300  # keeps log10 forget quality finite when the KS p-value underflows to 0
+
+_rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+class TableError(ValueError):
+    """Bad input table; the message names the file or column."""
+
+
+def _losses(cell) -> np.ndarray:
+    # Parquet list cells come back as numpy arrays; a null cell as None.
+    if cell is None or (np.ndim(cell) == 0 and pd.isna(cell)):
+        return np.empty(0)
+    return np.asarray(cell, dtype=float)
+
+
+def _log_truth_ratio(df: pd.DataFrame) -> pd.Series:
+    # log tr = L(para) - mean_j L(pert_j); in log space neither probability can under/overflow.
+    para = df["para_loss"].astype(float).fillna(df["gt_loss"].astype(float))
+    mean_pert = df["perturbed_losses"].map(_losses).map(lambda x: x.mean() if x.size else np.nan)
+    return (para - mean_pert.astype(float)).rename("log_truth_ratio")
+
+
+def per_sample_truth_ratio(df: pd.DataFrame) -> pd.Series:
+    """tr = exp(-mean_j L(pert_j)) / exp(-L(para)) per row, indexed like df.
+
+    That is the geometric mean of the wrong-answer probabilities over the paraphrase probability
+    (TOFU's form). A null para_loss falls back to gt_loss (tasks without a paraphrase). Rows with
+    no perturbed answers have no truth ratio: NaN.
+    """
+    return np.exp(_log_truth_ratio(df)).rename("truth_ratio")
+
+
+def _probability(gt_loss: float, pert_losses: np.ndarray) -> float:
+    # p(a) / (p(a) + sum_j p(pert_j)) as exp(log p(a) - logsumexp(log p of every option)), which
+    # stays finite when all p underflow. With no perturbed answers it is 1.0 by this formula.
+    log_p = np.concatenate([[-gt_loss], -pert_losses])
+    return float(np.exp(-gt_loss - logsumexp(log_p)))
+
+
+def _rouge_l_recall(answer, generation) -> float:
+    answer, generation = (s if isinstance(s, str) else "" for s in (answer, generation))  # nulls
+    return _rouge.score(target=answer, prediction=generation)["rougeL"].recall
+
+
+def task_scores(rows: pd.DataFrame) -> dict:
+    """rouge_l, probability, probability_raw, truth_ratio of one task's rows (see DESIGN.md)."""
+    gt = rows["gt_loss"].astype(float)
+    pert = rows["perturbed_losses"].map(_losses)
+    rouge = [_rouge_l_recall(a, g) for a, g in zip(rows["answer"], rows["generation"], strict=True)]
+    prob = [_probability(g, p) for g, p in zip(gt, pert, strict=True)]
+    tr = per_sample_truth_ratio(rows).dropna()
+    return {
+        "rouge_l": float(np.mean(rouge)),
+        "probability": float(np.mean(prob)),
+        "probability_raw": float(np.exp(-gt).mean()),
+        # max(0, 1 - tr): 1 when the paraphrase clearly beats the wrong answers, 0 when it does not
+        "truth_ratio": float(np.maximum(0.0, 1.0 - tr).mean()) if len(tr) else None,
+    }
+
+
+def _harmonic_mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]  # a task without options has no truth ratio
+    if not values:
+        return None
+    if min(values) <= 0.0:  # the limit of hmean; scipy would warn on the division by zero
+        return 0.0
+    return float(hmean(values))
+
+
+def log10_forget_quality(model_tr: np.ndarray, gold_tr: np.ndarray) -> float:
+    """log10 of the two-sided KS two-sample p-value between the two truth-ratio samples."""
+    p = ks_2samp(model_tr, gold_tr).pvalue
+    return float(np.log10(max(p, MIN_P_VALUE)))
+
+
+def forget_quality_js(model_tr: np.ndarray, gold_tr: np.ndarray) -> float:
+    """1 - Jensen-Shannon distance (base 2, so in [0, 1]) between the two tr distributions.
+
+    Both per-sample tr arrays are histogrammed on the same JS_BINS bins, equally spaced in log(tr)
+    over the pooled range of both arrays; the result is
+    1 - scipy.spatial.distance.jensenshannon(hist_model, hist_gold, base=2)
+    (scipy normalises the counts). Identical samples give 1.0, disjoint histograms give 0.0.
+
+    Why not the authors' version: their mm/calculate_metrics.py (somvy/multimodal_unlearning)
+    calls jensenshannon(tr_unlearned, tr_gold) on the raw per-sample arrays, natural log: it treats
+    the two vectors of ratios as probability vectors paired by sample index, so it needs equal
+    lengths and the same sample order, and it measures how alike the two per-sample profiles are,
+    not the two distributions (what the KS test compares). Log-spaced bins because tr is a ratio:
+    linear bins over the pooled range put nearly every sample into the first bin once one tr is
+    large, and in log space the value does not change if tr is inverted (TOFU/authors' convention
+    is 1/tr), just as the KS p-value does not.
+    """
+    # Clip so a diverged model's 0 or inf ratios land in the edge bins instead of breaking the range
+    log_model = np.clip(model_tr, MIN_P_VALUE, 1 / MIN_P_VALUE)
+    log_gold = np.log(np.clip(gold_tr, MIN_P_VALUE, 1 / MIN_P_VALUE))
+    edges = np.histogram_bin_edges(np.concatenate([log_model, log_gold]), bins=JS_BINS)
+    hist_model = np.histogram(log_model, bins=edges)[0]
+    hist_gold = np.histogram(log_gold, bins=edges)[0]
+    distance = jensenshannon(hist_model, hist_gold, base=2)  # normalises the counts itself
+    return float(np.clip(1.0 - distance, 0.0, 1.0))
+
+
+def check_table(df: pd.DataFrame, name: str = "table") -> None:
+    """Raise TableError naming `name` and the column if df is not a per-sample eval table."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise TableError(f"{name}: missing column(s) {', '.join(missing)}")
+    if not pd.api.types.is_numeric_dtype(df["gt_loss"]) or df["gt_loss"].isna().any():
+        raise TableError(f"{name}: column gt_loss must be numeric with no nulls")
+
+
+def score_table(
+    df: pd.DataFrame, gold: pd.DataFrame | None = None, groups: dict | None = None
+) -> dict:
+    """Flat JSON-ready dict: <task>/<metric> per task, one key per group, forget quality.
+
+    Values are python floats or None (never NaN). Groups default to DEFAULT_GROUPS; a group's
+    value is the harmonic mean of rouge_l, probability and truth_ratio over its tasks present in
+    df, None if none is. Forget-quality keys are None without gold or without forget rows.
+    """
+    check_table(df, "table")
+    scores = {}
+    for task, rows in df.groupby("task", sort=True):
+        for metric, value in task_scores(rows).items():
+            scores[f"{task}/{metric}"] = value
+
+    present = set(df["task"])
+    for group, tasks in (DEFAULT_GROUPS if groups is None else groups).items():
+        values = [scores[f"{t}/{m}"] for t in tasks if t in present for m in GROUP_METRICS]
+        scores[group] = _harmonic_mean(values)
+
+    scores["log10_forget_quality"] = scores["forget_quality_js"] = None
+    if gold is not None:
+        check_table(gold, "gold")
+        model_tr = per_sample_truth_ratio(df[df["task"] == FORGET_TASK]).dropna().to_numpy()
+        gold_tr = per_sample_truth_ratio(gold[gold["task"] == FORGET_TASK]).dropna().to_numpy()
+        if len(model_tr) and len(gold_tr):
+            scores["log10_forget_quality"] = log10_forget_quality(model_tr, gold_tr)
+            scores["forget_quality_js"] = forget_quality_js(model_tr, gold_tr)
+
+    return {k: None if v is None or not np.isfinite(v) else float(v) for k, v in scores.items()}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt or non-Parquet file
+        raise TableError(f"{path}: not a readable Parquet file ({type(e).__name__})") from e
+    check_table(df, str(path))
+    return df
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Temp file in the same directory, then os.replace: readers see the old file or the new one.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clearbench metrics", description="Score a per-sample eval table (CLEAR metrics)."
+    )
+    parser.add_argument("table", type=Path, help="per-sample eval table (Parquet)")
+    parser.add_argument("--gold", type=Path, help="the gold model's table; enables forget quality")
+    parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    args = parser.parse_args(argv)
+
+    try:
+        df = read_table(args.table)
+        gold = read_table(args.gold) if args.gold is not None else None
+        text = json.dumps(score_table(df, gold), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomic(args.out, text)
+    except TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as e:  # e.g. a non-numeric loss inside a list cell
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: cannot score {args.table}: {first_line}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {args.out or 'stdout'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The one optimisation loop: AdamW, progress bar, and divergence as a status, not a crash."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the caller records status `diverged`."""
+
+
+def optimize(
+    model: torch.nn.Module,
+    steps: Iterable,
+    step_loss: Callable[[object], torch.Tensor],
+    lr: float,
+    weight_decay: float,
+    total: int | None = None,
+    desc: str = "train",
+    max_grad_norm: float | None = 1.0,
+) -> list[float]:
+    """Run one optimizer step per item of `steps`; return the loss per step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    bar = tqdm(steps, total=total, desc=desc, mininterval=2.0, leave=False)
+    for step in bar:
+        loss = step_loss(step)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(f"{desc}: loss {value} at step {len(losses)}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        losses.append(value)
+        bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+    model.eval()
+    return losses

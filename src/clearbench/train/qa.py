@@ -1,0 +1,57 @@
+"""QA prompts, batching and per-sequence answer NLL: shared by training and evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PROMPT = "Question: {question}\nAnswer:"
+IDK_ANSWER = "I don't know."
+
+
+def encode(tok, question: str, answer: str, max_len: int) -> tuple[list[int], list[int]]:
+    """Prompt + ' answer' + eos; labels mask the prompt so only answer tokens are scored."""
+    prompt = tok(PROMPT.format(question=question), add_special_tokens=False).input_ids
+    target = tok(" " + answer.strip(), add_special_tokens=False).input_ids + [tok.eos_token_id]
+    ids = (prompt + target)[:max_len]
+    labels = ([-100] * len(prompt) + target)[:max_len]
+    return ids, labels
+
+
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token NLL (B, T-1) of the labels and the mask of scored tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    scored = labels != -100
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        labels.clamp(min=0).reshape(-1),
+        reduction="none",
+    ).view(labels.shape)
+    return nll * scored, scored
+
+
+def sequence_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean answer-token NLL per sequence (B,)."""
+    nll, scored = token_nll(model, batch)
+    return nll.sum(1) / scored.sum(1).clamp(min=1)
+
+
+def batches(rows: list, batch_size: int, generator: torch.Generator | None = None):
+    """Index batches over rows, shuffled by `generator` when given."""
+    order = torch.randperm(len(rows), generator=generator) if generator is not None else None
+    idx = order.tolist() if order is not None else list(range(len(rows)))
+    for start in range(0, len(idx), batch_size):
+        yield [rows[i] for i in idx[start : start + batch_size]]

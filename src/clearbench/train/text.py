@@ -1,0 +1,161 @@
+"""Text track training: base pretraining, then LoRA finetuning of the original and gold models."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from clearbench.data.text import read_qa
+from clearbench.models.factory import (
+    ADAPTER_DIR,
+    build_model,
+    load_model,
+    load_tokenizer,
+    save_chain,
+)
+from clearbench.models.tokenizer import train_tokenizer
+from clearbench.train.loop import Diverged, optimize
+from clearbench.train.qa import IDK_ANSWER, batches, collate, encode, sequence_nll
+
+
+def qa_rows(path: str | Path) -> list[tuple[str, str]]:
+    df = read_qa(path)
+    return list(zip(df["question"], df["answer"], strict=True))
+
+
+def corpus(paths: list[str | Path]):
+    """Every string a tokenizer must cover: questions, answers, paraphrases, wrong options."""
+    for path in paths:
+        df = read_qa(path)
+        for q, a, para, perts in zip(
+            df["question"],
+            df["answer"],
+            df["paraphrased_answer"],
+            df["perturbed_answers"],
+            strict=True,
+        ):
+            yield f"Question: {q}\nAnswer: {a}"
+            if para:
+                yield para
+            yield from perts
+    yield IDK_ANSWER
+
+
+def seeded(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def epochs_of_batches(rows, batch_size: int, epochs: int, gen: torch.Generator):
+    for _ in range(epochs):
+        yield from batches(rows, batch_size, gen)
+
+
+def nll_step(model, tok, max_len: int):
+    def step_loss(rows):
+        batch = collate([encode(tok, q, a, max_len) for q, a in rows], tok.pad_token_id)
+        return sequence_nll(model, batch).mean()
+
+    return step_loss
+
+
+def pretrain_base(qa_paths: list[str], corpus_paths: list[str], out_dir: str, hp: dict) -> dict:
+    """Default profile: tokenizer + tiny Llama trained from scratch on general-knowledge QA.
+
+    With a checkpoint in `hp["model"]`, the base *is* that checkpoint: nothing is trained.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    spec = hp["model"]
+    if spec.get("checkpoint"):
+        load_tokenizer(spec["checkpoint"])  # fail here, not in every downstream job
+        save_chain(out, base=spec["checkpoint"], adapters=[], status="ok", rte_seconds=0.0)
+        return {"trained": False}
+    start = time.perf_counter()
+    tok = train_tokenizer(corpus(corpus_paths), hp["vocab_size"])
+    gen = seeded(hp["seed"])
+    model = build_model(spec, vocab_size=len(tok), seed=hp["seed"])
+    rows = [r for p in qa_paths for r in qa_rows(p)]
+    n_steps = hp["epochs"] * -(-len(rows) // hp["batch_size"])
+    losses = optimize(
+        model,
+        epochs_of_batches(rows, hp["batch_size"], hp["epochs"], gen),
+        nll_step(model, tok, hp["max_len"]),
+        lr=hp["lr"],
+        weight_decay=hp["weight_decay"],
+        total=n_steps,
+        desc="pretrain base",
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    save_chain(
+        out,
+        base=str(out),
+        adapters=[],
+        status="ok",
+        rte_seconds=time.perf_counter() - start,
+        final_loss=losses[-1],
+    )
+    return {"trained": True, "final_loss": losses[-1]}
+
+
+def add_lora(model, lora: dict):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]),
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def save_adapter(peft_model, out: Path) -> str:
+    adapter = out / ADAPTER_DIR
+    peft_model.save_pretrained(adapter)
+    return str(adapter)
+
+
+def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict) -> dict:
+    """LoRA-finetune the base on one QA table (all authors: original; retain only: gold)."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model, meta = load_model(base_dir)
+    tok = load_tokenizer(meta["base"])
+    gen = seeded(hp["seed"])
+    model = add_lora(model, hp["lora"])
+    rows = qa_rows(data_path)
+    n_steps = hp["epochs"] * -(-len(rows) // hp["batch_size"])
+    start = time.perf_counter()
+    status, losses = "ok", []
+    try:
+        losses = optimize(
+            model,
+            epochs_of_batches(rows, hp["batch_size"], hp["epochs"], gen),
+            nll_step(model, tok, hp["max_len"]),
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            total=n_steps,
+            desc=f"finetune {out.name}",
+        )
+    except Diverged:
+        status = "diverged"
+    adapter = save_adapter(model, out)
+    save_chain(
+        out,
+        base=meta["base"],
+        adapters=meta["adapters"] + [adapter],
+        status=status,
+        rte_seconds=time.perf_counter() - start,
+        final_loss=losses[-1] if losses else None,
+    )
+    return {"status": status, "final_loss": losses[-1] if losses else None}

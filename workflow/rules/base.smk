@@ -1,0 +1,24 @@
+rule text_base:
+    """Tokenizer + tiny Llama pretrained on general knowledge (or the configured checkpoint)."""
+    input:
+        qa=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["real_authors", "world_facts"]),
+        corpus=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["full", "real_authors", "world_facts"]),
+        code=src("train/text", "train/qa", "train/loop", "models/factory", "models/tokenizer"),
+    output:
+        directory("results/models/text/base"),
+    params:
+        hp=train_hp(
+            config["text"]["base"],
+            model=config["text"]["model"],
+            vocab_size=config["text"]["vocab_size"],
+        ),
+    log:
+        "logs/text/base.log",
+    benchmark:
+        "benchmarks/text/base.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    shell:
+        "python -m clearbench base --hp {params.hp:q} --threads {threads}"
+        " --qa {input.qa} --corpus {input.corpus} --out {output} > {log} 2>&1"

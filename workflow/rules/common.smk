@@ -1,0 +1,86 @@
+import json
+import sys
+from pathlib import Path
+
+from clearbench.config import ConfigError, check
+from clearbench.unlearn.methods import METHODS
+
+try:
+    check(config, known_methods=list(METHODS), root=Path(workflow.basedir))
+except ConfigError as err:
+    # one line, before any job runs (a raised exception would print a traceback)
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(1)
+
+SRC = "src/clearbench"
+SPLITS = config["data"]["splits"]
+FRACTIONS = config["data"]["forget_fractions"]
+METHOD_NAMES = config["unlearn"]["methods"]
+L1_TAGS = ["l1" if on else "nol1" for on in config["unlearn"]["l1"]]
+MODALITIES = {"text": ["text"]}  # the text track has no visual modality
+THREADS = config["compute"]["threads"]
+
+
+wildcard_constraints:
+    split="forget[0-9]{2}",
+    method="|".join(sorted(METHODS)),
+    l1="l1|nol1",
+    modality="text|visual|both",
+    track="text",
+
+
+def retain_of(split):
+    """forget10 -> retain90: the complement, named as TOFU does."""
+    return f"retain{100 - int(split[len('forget'):]):02d}"
+
+
+def hp(**values):
+    """Hyperparameters for the CLI, as one JSON string (a plain param: a change reruns the job)."""
+    return json.dumps(values, sort_keys=True)
+
+
+def src(*modules):
+    """The package modules a rule runs: listed as inputs because imported code is not tracked."""
+    return [f"{SRC}/{m}.py" for m in ("cli", *modules)]
+
+
+def unlearned_models(track="text"):
+    return [f"{m}-{l1}-{mod}" for m in METHOD_NAMES for l1 in L1_TAGS for mod in MODALITIES[track]]
+
+
+def evaluated_models(track="text"):
+    return ["original", "gold"] + unlearned_models(track)
+
+
+def model_dir(track, split, model):
+    if model == "original":
+        return f"results/models/{track}/original"
+    if model == "gold":
+        return f"results/models/{track}/gold/{split}"
+    method, l1, modality = model.split("-")
+    return f"results/models/{track}/unlearn/{method}/{split}/{l1}-{modality}"
+
+
+def resources(gpu=False):
+    return dict(
+        mem_mb=config["compute"]["mem_mb"],
+        runtime=config["compute"]["runtime_min"],
+        gpu=config["compute"]["gpu"] if gpu else 0,
+    )
+
+
+def text_data_hp():
+    text = config["data"]["text"]
+    return hp(
+        seed=config["seed"],
+        forget_fractions=FRACTIONS,
+        source={"kind": text["source"], "path": text.get("tofu_dir")},
+        n_authors=text["n_authors"],
+        qa_per_author=text["qa_per_author"],
+        n_general=text["n_general"],
+    )
+
+
+def train_hp(section, **extra):
+    """A training section of params plus what every trainer needs."""
+    return hp(seed=config["seed"], max_len=config["text"]["max_len"], **section, **extra)

@@ -1,0 +1,23 @@
+TEXT_DATA = "data/text"
+TEXT_TABLES = (
+    ["authors", "full", "real_authors", "world_facts"]
+    + list(FRACTIONS)
+    + [retain_of(s) for s in FRACTIONS]
+)
+
+
+rule text_data:
+    """Fictitious authors in the TOFU schema (synthesized), or the TOFU files; all splits."""
+    input:
+        src("data/authors", "data/tofu", "data/text"),
+    output:
+        expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
+    params:
+        hp=text_data_hp(),
+    log:
+        "logs/data/text.log",
+    benchmark:
+        "benchmarks/data/text.tsv"
+    threads: 1
+    shell:
+        "python -m clearbench data-text --hp {params.hp:q} --out {TEXT_DATA} > {log} 2>&1"

@@ -1,0 +1,48 @@
+def text_tasks(split):
+    """Evaluation tasks of the text track -> their QA tables (DESIGN section 6)."""
+    return {
+        "forget": f"{TEXT_DATA}/{split}.parquet",
+        "retain": f"{TEXT_DATA}/{retain_of(split)}.parquet",
+        "real_authors": f"{TEXT_DATA}/real_authors.parquet",
+        "world_facts": f"{TEXT_DATA}/world_facts.parquet",
+    }
+
+
+rule text_eval:
+    """The per-sample table of one model (DESIGN section 6)."""
+    input:
+        model=lambda w: model_dir("text", w.split, w.model),
+        tasks=lambda w: list(text_tasks(w.split).values()),
+        code=src("eval/text", "train/qa", "models/factory"),
+    output:
+        "results/eval/text/{split}/{model}.parquet",
+    params:
+        tasks=lambda w: " ".join(f"--task {t}={p}" for t, p in text_tasks(w.split).items()),
+        hp=hp(seed=config["seed"], max_len=config["text"]["max_len"], **config["eval"]),
+    log:
+        "logs/eval/text/{split}/{model}.log",
+    benchmark:
+        "benchmarks/eval/text/{split}/{model}.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    shell:
+        "python -m clearbench eval --hp {params.hp:q} --threads {threads}"
+        " --model {input.model} {params.tasks} --out {output} > {log} 2>&1"
+
+
+rule metrics:
+    """Scores from the per-sample table alone, forget quality against the split's gold model."""
+    input:
+        table="results/eval/{track}/{split}/{model}.parquet",
+        gold="results/eval/{track}/{split}/gold.parquet",
+        code=src("metrics/text"),
+    output:
+        "results/metrics/{track}/{split}/{model}.json",
+    log:
+        "logs/metrics/{track}/{split}/{model}.log",
+    benchmark:
+        "benchmarks/metrics/{track}/{split}/{model}.tsv"
+    threads: 1
+    shell:
+        "python -m clearbench metrics {input.table} --gold {input.gold} --out {output} > {log} 2>&1"

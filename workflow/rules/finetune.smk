@@ -1,0 +1,42 @@
+rule text_original:
+    """LoRA finetuning on every author: the model that knows the forget set."""
+    input:
+        base="results/models/text/base",
+        data=f"{TEXT_DATA}/full.parquet",
+        code=src("train/text", "train/qa", "train/loop", "models/factory"),
+    output:
+        directory("results/models/text/original"),
+    params:
+        hp=train_hp(config["text"]["finetune"]),
+    log:
+        "logs/text/original.log",
+    benchmark:
+        "benchmarks/text/original.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    shell:
+        "python -m clearbench finetune --hp {params.hp:q} --threads {threads}"
+        " --base {input.base} --data {input.data} --out {output} > {log} 2>&1"
+
+
+rule text_gold:
+    """The same finetuning on the retain set only: the reference forget quality compares to."""
+    input:
+        base="results/models/text/base",
+        data=lambda w: f"{TEXT_DATA}/{retain_of(w.split)}.parquet",
+        code=src("train/text", "train/qa", "train/loop", "models/factory"),
+    output:
+        directory("results/models/text/gold/{split}"),
+    params:
+        hp=train_hp(config["text"]["finetune"]),
+    log:
+        "logs/text/gold/{split}.log",
+    benchmark:
+        "benchmarks/text/gold/{split}.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    shell:
+        "python -m clearbench finetune --hp {params.hp:q} --threads {threads}"
+        " --base {input.base} --data {input.data} --out {output} > {log} 2>&1"
