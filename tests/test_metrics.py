@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -80,6 +82,13 @@ def test_truth_ratio_is_per_sample_not_averaged_over_samples():
     wrong = np.maximum(0, 1 - wrong_tr).mean()  # 0.25
     assert wrong == pytest.approx(0.25)
     assert ours != pytest.approx(wrong)
+
+
+def test_truth_ratio_uses_geometric_mean_of_wrong_answer_probabilities():
+    # wrong answers with p = 1 and 1/4: exp(-mean L) = exp(-ln2) = 1/2 (not the arithmetic 5/8)
+    df = table(row("retain", gt=0.0, para=0.0, pert=[0.0, LN4]))
+    assert per_sample_truth_ratio(df).tolist() == pytest.approx([0.5])
+    assert score_table(df)["retain/truth_ratio"] == pytest.approx(0.5)
 
 
 def test_null_paraphrase_falls_back_to_gt_loss():
@@ -189,9 +198,16 @@ def test_forget_quality_js_by_hand():
     kl_model = 1.0 * math.log2(1.0 / 0.75)
     kl_gold = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
     expected = 1 - math.sqrt((kl_model + kl_gold) / 2)
-    assert forget_quality_js(np.array([1.0, 1.0]), np.array([1.0, math.e])) == pytest.approx(
-        expected
-    )
+    got = forget_quality_js(np.array([1.0, 1.0]), np.array([1.0, math.e]))
+    assert got == pytest.approx(expected)
+
+    # log tr: model [0], gold [0, 0.07, 1]; bins of width 0.05 -> gold in bins 0, 1 and 19:
+    # model (1, 0, 0), gold (1/3, 1/3, 1/3), m = (2/3, 1/6, 1/6)
+    kl_model = math.log2(1.5)
+    kl_gold = (1 / 3) * math.log2(0.5) + (2 / 3) * math.log2(2.0)
+    expected = 1 - math.sqrt((kl_model + kl_gold) / 2)
+    got = forget_quality_js(np.array([1.0]), np.exp([0.0, 0.07, 1.0]))
+    assert got == pytest.approx(expected)
 
 
 def test_forget_quality_ignores_inverting_the_ratio():
@@ -276,3 +292,12 @@ def test_cli_missing_or_unreadable_file_is_exit_2(tmp_path, capsys):
     garbage.write_bytes(b"this is not parquet\n" * 10)
     assert main([str(garbage)]) == 2
     assert_one_line_error(capsys, "garbage.parquet")
+
+
+def test_module_entry_point_reports_one_line(tmp_path):
+    bad = tmp_path / "no_gt.parquet"
+    knowledge_table(True).drop(columns="gt_loss").to_parquet(bad)
+    cmd = [sys.executable, "-m", "clearbench.metrics.text", str(bad)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: {bad}: missing column(s) gt_loss\n"

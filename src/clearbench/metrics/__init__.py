@@ -1,10 +1,13 @@
-"""Metrics computed from per-sample eval tables (DESIGN.md section 6)."""
-
-from clearbench.metrics.text import (
-    forget_quality_js,
-    log10_forget_quality,
-    per_sample_truth_ratio,
-    score_table,
-)
+"""Metrics computed from per-sample eval tables (DESIGN.md section 6); see metrics/text.py."""
 
 __all__ = ["forget_quality_js", "log10_forget_quality", "per_sample_truth_ratio", "score_table"]
+
+
+def __getattr__(name):
+    # Re-exported lazily: importing metrics.text here would make `python -m
+    # clearbench.metrics.text` print a runpy RuntimeWarning on stderr.
+    if name in __all__:
+        from clearbench.metrics import text
+
+        return getattr(text, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -125,7 +125,7 @@ def forget_quality_js(model_tr: np.ndarray, gold_tr: np.ndarray) -> float:
     is 1/tr), just as the KS p-value does not.
     """
     # Clip so a diverged model's 0 or inf ratios land in the edge bins instead of breaking the range
-    log_model = np.clip(model_tr, MIN_P_VALUE, 1 / MIN_P_VALUE)
+    log_model = np.log(np.clip(model_tr, MIN_P_VALUE, 1 / MIN_P_VALUE))
     log_gold = np.log(np.clip(gold_tr, MIN_P_VALUE, 1 / MIN_P_VALUE))
     edges = np.histogram_bin_edges(np.concatenate([log_model, log_gold]), bins=JS_BINS)
     hist_model = np.histogram(log_model, bins=edges)[0]
