@@ -1,0 +1,180 @@
+"""The text dataset: the QA table contract, deterministic splits, atomic Parquet writes.
+
+QA table: sample_id, author_id (-1 for general knowledge), author ("" for general knowledge),
+question, answer, paraphrased_answer (str or None), perturbed_answers (list[str]).
+
+Splits: forgetXX holds every QA of the LAST max(1, round(frac * n_authors)) authors by author_id
+(Python's round), as TOFU's forget01/05/10 hold its last 2/10/20 authors; so the forget sets are
+nested and depend only on (n_authors, fractions). retainYY is the rest of full. retain_eval is
+TOFU's retain_perturbed subset (its first 20 authors); for synthetic data it is, likewise, the
+QA of the first authors outside the largest forget set, as many authors as that set has.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+QA_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("author_id", pa.int64()),
+        ("author", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("paraphrased_answer", pa.string()),
+        ("perturbed_answers", pa.list_(pa.string())),
+    ]
+)
+AUTHORS_SCHEMA = pa.schema(
+    [
+        ("author_id", pa.int64()),
+        ("name", pa.string()),
+        ("gender", pa.string()),
+        ("birth_date", pa.string()),
+        ("birth_place", pa.string()),
+        ("ethnicity", pa.string()),
+        ("father_profession", pa.string()),
+        ("mother_profession", pa.string()),
+        ("genre", pa.string()),
+        ("books", pa.list_(pa.string())),
+        ("awards", pa.list_(pa.string())),
+        ("age", pa.int64()),
+    ]
+)
+OBJECT_COLUMNS = ("paraphrased_answer", "perturbed_answers", "books", "awards")
+
+
+class DataError(ValueError):
+    """A missing or malformed input file; the message is one line naming the path."""
+
+
+def split_names(forget_fractions: dict[str, float]) -> list[tuple[str, str]]:
+    """[("forget10", "retain90"), ...] in the dict's order."""
+    pairs = []
+    for name in forget_fractions:
+        m = re.fullmatch(r"forget(\d\d)", name)
+        if not m:
+            raise ValueError(f"forget split names look like 'forget10', got {name!r}")
+        pairs.append((name, f"retain{100 - int(m.group(1)):02d}"))
+    return pairs
+
+
+def forget_authors(author_ids: list[int], forget_fractions: dict[str, float]) -> dict[str, list]:
+    ids = sorted(author_ids)
+    out = {}
+    for name, frac in forget_fractions.items():
+        k = max(1, round(frac * len(ids)))
+        if not 0 < frac < 1 or k >= len(ids):
+            raise ValueError(f"{name}={frac} leaves no retain author among {len(ids)} authors")
+        out[name] = ids[-k:]
+    return out
+
+
+def frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
+    """The DataFrame form of a table: list columns as python lists, missing strings as None."""
+    df = pd.DataFrame({f.name: [r[f.name] for r in rows] for f in schema}, columns=schema.names)
+    for col in OBJECT_COLUMNS:
+        if col in df:
+            df[col] = pd.Series([r[col] for r in rows], dtype=object, index=df.index)
+    return df
+
+
+def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
+    """Write to a temporary file, then rename: an interrupted run leaves no half-written file."""
+    table = pa.Table.from_pylist([{f.name: r[f.name] for f in schema} for r in rows], schema)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"table not found: {path}")
+    table = pq.read_table(path)
+    missing = [c for c in schema.names if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}")
+    return frame(table.select(schema.names).to_pylist(), schema)
+
+
+def read_qa(path: str | Path) -> pd.DataFrame:
+    return read_table(path, QA_SCHEMA)
+
+
+def read_authors(path: str | Path) -> pd.DataFrame:
+    return read_table(path, AUTHORS_SCHEMA)
+
+
+def synthetic_source(seed, n_authors, qa_per_author, n_general) -> dict:
+    from clearbench.data.authors import author_qa, general_qa, make_authors
+
+    authors = make_authors(n_authors, seed)
+    real, world = general_qa(seed, n_general)
+    return {
+        "authors": authors,
+        "full": author_qa(authors, qa_per_author, seed),
+        "real_authors": real,
+        "world_facts": world,
+    }
+
+
+def build_text_dataset(
+    source: dict,
+    out_dir: str | Path,
+    seed: int,
+    n_authors: int,
+    qa_per_author: int,
+    forget_fractions: dict[str, float],
+    n_general: int,
+) -> dict:
+    """Write authors, full, forgetXX/retainYY, retain_eval, real_authors, world_facts (.parquet).
+
+    source: {"kind": "synthetic"} or {"kind": "tofu", "path": folder}. For TOFU the author and
+    QA counts come from the files, forgetXX from forgetXX_perturbed.json; n_general is ignored.
+    """
+    pairs = split_names(forget_fractions)
+    kind = source.get("kind")
+    if kind == "synthetic":
+        data = synthetic_source(seed, n_authors, qa_per_author, n_general)
+        ids = [a["author_id"] for a in data["authors"]]
+        forget = forget_authors(ids, forget_fractions)
+        largest = max(forget.values(), key=len)
+        eval_ids = set([a for a in ids if a not in largest][: len(largest)])
+        data["retain_eval"] = [r for r in data["full"] if r["author_id"] in eval_ids]
+    elif kind == "tofu":
+        if not source.get("path"):
+            raise DataError("TOFU source needs a folder: source.path is empty")
+        from clearbench.data.tofu import read_tofu
+
+        data = read_tofu(source["path"], list(forget_fractions))
+        forget = data.pop("forget")
+    else:
+        raise DataError(f"unknown text source kind {kind!r} (synthetic | tofu)")
+
+    tables = {"full": data["full"], "retain_eval": data["retain_eval"]}
+    for forget_name, retain_name in pairs:
+        ids = set(forget[forget_name])
+        tables[forget_name] = [r for r in data["full"] if r["author_id"] in ids]
+        tables[retain_name] = [r for r in data["full"] if r["author_id"] not in ids]
+    tables["real_authors"] = data["real_authors"]
+    tables["world_facts"] = data["world_facts"]
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(data["authors"], AUTHORS_SCHEMA, out / "authors.parquet")
+    for name, rows in tables.items():
+        write_table(rows, QA_SCHEMA, out / f"{name}.parquet")
+    summary = {"source": kind, "authors": len(data["authors"])}
+    summary |= {name: len(rows) for name, rows in tables.items()}
+    summary |= {f"{name}_authors": len(ids) for name, ids in forget.items()}
+    return summary
