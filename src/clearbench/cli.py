@@ -29,6 +29,7 @@ def cmd_data_text(a) -> dict:
         qa_per_author=hp["qa_per_author"],
         forget_fractions=hp["forget_fractions"],
         n_general=hp["n_general"],
+        n_background=hp["n_background"],
     )
 
 

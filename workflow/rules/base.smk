@@ -1,8 +1,10 @@
 rule text_base:
     """Tokenizer + tiny Llama pretrained on general knowledge (or the configured checkpoint)."""
     input:
-        qa=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["real_authors", "world_facts"]),
-        corpus=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["full", "real_authors", "world_facts"]),
+        qa=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["real_authors", "world_facts", "background"]),
+        corpus=expand(
+            "{d}/{t}.parquet", d=TEXT_DATA, t=["full", "real_authors", "world_facts", "background"]
+        ),
         code=src("train/text", "train/qa", "train/loop", "models/factory", "models/tokenizer"),
     output:
         directory("results/models/text/base"),

@@ -78,6 +78,7 @@ def text_data_hp():
         n_authors=text["n_authors"],
         qa_per_author=text["qa_per_author"],
         n_general=text["n_general"],
+        n_background=text["n_background"],
     )
 
 

@@ -1,6 +1,6 @@
 TEXT_DATA = "data/text"
 TEXT_TABLES = (
-    ["authors", "full", "real_authors", "world_facts"]
+    ["authors", "full", "retain_eval", "real_authors", "world_facts", "background"]
     + list(FRACTIONS)
     + [retain_of(s) for s in FRACTIONS]
 )

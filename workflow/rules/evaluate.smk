@@ -2,7 +2,7 @@ def text_tasks(split):
     """Evaluation tasks of the text track -> their QA tables (DESIGN section 6)."""
     return {
         "forget": f"{TEXT_DATA}/{split}.parquet",
-        "retain": f"{TEXT_DATA}/{retain_of(split)}.parquet",
+        "retain": f"{TEXT_DATA}/retain_eval.parquet",
         "real_authors": f"{TEXT_DATA}/real_authors.parquet",
         "world_facts": f"{TEXT_DATA}/world_facts.parquet",
     }

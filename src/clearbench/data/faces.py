@@ -1,30 +1,34 @@
 """Offline face generator of the `default` profile: the stand-in for StyleGAN2-ADA.
 
 A latent z ~ N(0, I) of LATENT_DIM floats is decoded into face parameters (`identity`) and
-drawn with anti-aliased signed-distance shapes on a pixel grid (`render_face`, pure numpy).
-Around it sit the pieces of the paper's face pipeline (CLEAR, Appendix B):
+drawn with anti-aliased signed-distance shapes on a pixel grid (`render_face`, pure numpy,
+~2-3 ms for 64x64). Around it sit the pieces of the paper's face pipeline (CLEAR, App. B):
 
-- `quality_score`: the discriminator stand-in; it scores how clean and face-like an image is
-  from the pixels alone (noise, sharpness, symmetry, eyes, skin colour);
-- `sample_face_pool`: batches of 32 latents, some drawn as generator failures (defects), keep
-  the best 8 by quality, repeat up to N faces;
-- `edit_latent` / `age_shift`: latent-direction edits (age +5, then glasses -10 in paper units);
-- `face_attributes`: age / gender / ethnicity (and glasses), exact from a latent or measured
-  from a canonical render by small linear heads fitted on labelled renders, as the paper
-  scores faces with pre-trained CNNs.
+- `quality_score`: the discriminator stand-in; it scores from the pixels alone how clean and
+  face-like a canonical render is (noise, sharpness, symmetry, eyes, skin colour);
+- `sample_face_pool`: draw 32 latents (a quarter rendered as generator failures), keep the
+  best 8 by quality, repeat up to N faces;
+- `edit_latent` / `age_shift`: latent-direction edits, age +5 then glasses -10 (paper units);
+- `face_attributes`: age / gender / ethnicity / glasses, exact from a latent, or measured
+  from a canonical render by linear heads fitted on labelled renders (the paper scores its
+  faces with pre-trained CNNs);
+- `render_identity_images`: one identity under random pose, lighting and background.
 
-Latent layout (index: what it controls). Dims 0-27 carry identity, 28-31 are nuisance
-(canonical background, clothes, expression), like the parts of a GAN latent that do not
-change who the person is:
+Latent layout. Dims 0-27 carry identity; 28-31 are nuisance (canonical background, clothes,
+expression), like the parts of a GAN latent that do not change who the person is:
 
-    0 age (saturating, see `age_years`)   1 gender (>0 male)     2-4 ethnicity (argmax |.|)
-    5 skin shade      6 face width        7 face length          8 jaw width
-    9 eye spacing    10 eye size         11 eye colour          12 brow thickness
-   13 brow height    14 nose length      15 nose width          16 mouth width
-   17 lip fullness   18 hair style       19 hair colour         20 hair volume
-   21 hair parting   22 glasses (>1 on)  23 glasses frame       24 beard (males)
-   25 ear size       26 mole (>1.2 on)   27 chin taper
-   28 background hue 29 background brightness 30 clothes colour 31 expression
+     0 age (saturating, `age_years`)   1 gender (> 0 male)     2-4 ethnicity (largest |z|)
+     5 skin shade       6 face width      7 face length          8 jaw width
+     9 eye spacing     10 eye size       11 eye colour          12 brow thickness
+    13 brow height     14 nose length    15 nose width          16 mouth width
+    17 lip fullness    18 hair style     19 hair colour         20 hair volume
+    21 hair parting    22 glasses (> 1)  23 glasses frame       24 beard (males, > 0)
+    25 ear size        26 mole (> 0.5)   27 chin taper
+    28 background hue  29 background brightness  30 clothes colour  31 expression
+
+Categorical traits read their dim through the normal CDF (a uniform number), so every
+category has a fixed share of the N(0, I) population; ethnicity is the signed axis of the
+largest of dims 2-4, six equally likely groups.
 """
 
 from __future__ import annotations
@@ -43,14 +47,10 @@ IDENTITY_DIMS = np.arange(0, 28)
 NUISANCE_DIMS = np.arange(28, 32)
 AGE, GENDER, GLASSES = 0, 1, 22
 
-# Names as the usual face-attribute CNNs (e.g. DeepFace) report them.
+# Names as the common face-attribute CNNs (e.g. DeepFace) report them.
 ETHNICITIES = ("asian", "indian", "black", "white", "middle eastern", "latino hispanic")
 DEFECTS = ("blur", "noise", "occlusion", "color_shift", "melted", "missing_eyes")
-
-
-def _unit(v):
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.linalg.norm(v)
+DEFECT_RATE = 0.25  # share of generator draws that fail
 
 
 def _axis(i):
@@ -60,80 +60,79 @@ def _axis(i):
 
 
 # The age direction is entangled with glasses, as the paper found for the real GAN ("this
-# edit often adds glasses"), which is why `age_shift` removes glasses afterwards.
-AGE_DIRECTION = _unit(_axis(AGE) + 0.35 * _axis(GLASSES))
+# edit often adds glasses"); that is why `age_shift` removes glasses afterwards.
+AGE_DIRECTION = (_axis(AGE) + 0.35 * _axis(GLASSES)) / math.hypot(1.0, 0.35)
 GLASSES_DIRECTION = _axis(GLASSES)
 GENDER_DIRECTION = _axis(GENDER)
 
 # The paper edits with strength 5 (age) and -10 (glasses) in its editor's units. One paper
-# unit moves our latent by 0.3 along the unit direction: age +5 -> +1.5 latent std, which
-# takes a median 35-year-old face to about 60 (see `age_years`), and glasses -10 -> -3 std,
-# which pushes every face below the glasses threshold (dim 22 > 1).
+# unit moves our latent by 0.3 along the unit direction: age +5 -> 1.5 (1.42 on the age dim),
+# which takes a median 36-year-old face to about 58 (see `age_years`); glasses -10 -> -3 on
+# dim 22, which puts every face far below the glasses threshold (dim 22 > 1).
 PAPER_STRENGTH_SCALE = 0.3
 
 
 def age_years(z_age):
-    """Age in years from the age latent: saturating, 18 (z -> -inf) to 90 (z -> +inf)."""
+    """Age in years from the age latent: saturating, 18 (z -> -inf) .. 90 (z -> +inf)."""
     return 18.0 + 72.0 / (1.0 + np.exp(-(0.9 * np.asarray(z_age) - 1.0)))
 
 
 # ----------------------------------------------------------------------------- identity
 
-# Per ethnicity: mean skin rgb, hair colour palette, eye colour palette, eye height factor.
-_LOOKS = {
-    "asian": (
+Look = namedtuple("Look", "skin hair eyes eye_height")
+_LOOKS = {  # per ethnicity: mean skin rgb, hair and eye colour palettes, eye opening
+    "asian": Look(
         (0.91, 0.76, 0.58),
-        [(0.07, 0.06, 0.06), (0.16, 0.11, 0.08)],
+        [(0.07, 0.06, 0.06), (0.16, 0.11, 0.08), (0.36, 0.2, 0.1)],
         [(0.22, 0.13, 0.07)],
         0.72,
     ),
-    "indian": (
+    "indian": Look(
         (0.62, 0.42, 0.28),
-        [(0.06, 0.05, 0.05), (0.13, 0.09, 0.07)],
+        [(0.06, 0.05, 0.05), (0.16, 0.1, 0.07), (0.3, 0.16, 0.09)],
         [(0.2, 0.12, 0.06)],
         1.0,
     ),
-    "black": (
+    "black": Look(
         (0.36, 0.23, 0.16),
-        [(0.05, 0.04, 0.04), (0.1, 0.07, 0.05)],
+        [(0.05, 0.04, 0.04), (0.14, 0.09, 0.06), (0.42, 0.25, 0.12)],
         [(0.15, 0.09, 0.05)],
         1.0,
     ),
-    "white": (
+    "white": Look(
         (0.95, 0.8, 0.72),
         [(0.86, 0.72, 0.42), (0.55, 0.37, 0.2), (0.3, 0.19, 0.11), (0.66, 0.3, 0.14)],
         [(0.25, 0.45, 0.75), (0.3, 0.52, 0.32), (0.4, 0.25, 0.12)],
         1.0,
     ),
-    "middle eastern": (
+    "middle eastern": Look(
         (0.8, 0.62, 0.47),
-        [(0.1, 0.07, 0.05), (0.22, 0.14, 0.09)],
+        [(0.1, 0.07, 0.05), (0.22, 0.14, 0.09), (0.4, 0.26, 0.14)],
         [(0.3, 0.18, 0.08), (0.35, 0.35, 0.2)],
         0.95,
     ),
-    "latino hispanic": (
+    "latino hispanic": Look(
         (0.76, 0.55, 0.38),
-        [(0.18, 0.12, 0.08), (0.32, 0.2, 0.11)],
+        [(0.08, 0.06, 0.05), (0.2, 0.12, 0.08), (0.45, 0.28, 0.14)],
         [(0.3, 0.17, 0.07)],
         0.95,
     ),
 }
-_MALE_HAIR = (
-    ("short", 0.3),
-    ("crop", 0.2),
-    ("medium", 0.12),
-    ("curly", 0.16),
-    ("receding", 0.14),
-    ("bald", 0.08),
-)
+_MALE_HAIR = (("short", 0.3), ("crop", 0.2), ("medium", 0.12), ("curly", 0.16),
+              ("receding", 0.14), ("bald", 0.08))  # fmt: skip
 _FEMALE_HAIR = (("long", 0.4), ("medium", 0.24), ("bun", 0.14), ("curly", 0.14), ("short", 0.08))
-_BEARDS = ("none", "stubble", "goatee", "full", "moustache")
+_BEARDS = ("stubble", "goatee", "full", "moustache")
 _FRAMES = ((0.06, 0.06, 0.06), (0.35, 0.2, 0.1), (0.75, 0.6, 0.25), (0.15, 0.2, 0.45))
 
 
+def _choose(options, u):
+    """The option a uniform number u in [0, 1) falls on (equal shares)."""
+    return options[min(int(u * len(options)), len(options) - 1)]
+
+
 def _pick(table, u):
-    """Choose from [(item, prob), ...] with a uniform number u in [0, 1)."""
-    edges = np.cumsum([p for _, p in table])
+    """The item of [(item, share), ...] a uniform number u in [0, 1) falls on."""
+    edges = np.cumsum([share for _, share in table])
     return table[min(int(np.searchsorted(edges / edges[-1], u, side="right")), len(table) - 1)][0]
 
 
@@ -144,7 +143,7 @@ def _smoothstep(x, lo, hi):
 
 @dataclass(frozen=True)
 class Face:
-    """Face parameters decoded from a latent (head coordinates: x right, y down, [-1, 1])."""
+    """Face parameters decoded from a latent (head units: x right, y down, face ~[-0.4, 0.4])."""
 
     age: float
     male: bool
@@ -153,8 +152,8 @@ class Face:
     skin: tuple
     face_w: float
     face_h: float
-    jaw: float
-    chin_p: float
+    jaw: float  # width at the chin relative to the cheeks
+    chin_p: float  # how late the jaw narrows
     eye_dx: float
     eye_rx: float
     eye_ry: float
@@ -170,7 +169,7 @@ class Face:
     hair_color: tuple
     hair_volume: float
     hair_part: float
-    glasses: float  # 0 (none) .. 1 (opaque frame)
+    glasses: float  # frame opacity: 0 (none) .. 1
     frame_color: tuple
     beard: str
     ear_ry: float
@@ -183,58 +182,52 @@ class Face:
 def identity(z) -> Face:
     """Decode a latent into face parameters (deterministic)."""
     z = np.asarray(z, dtype=np.float64)
-    t = np.tanh(z)
-    u = ndtr(z)  # uniform [0, 1] views of the dims, for categorical choices
+    t = np.tanh(z)  # bounded views of the dims, for continuous traits
+    u = ndtr(z)  # uniform views of the dims, for categorical traits
     age = float(age_years(z[AGE]))
     male = bool(z[GENDER] > 0)
     masc = float(np.tanh(2.5 * z[GENDER]))
-    eth_axis = int(np.argmax(np.abs(z[2:5])))
-    ethnicity = ETHNICITIES[2 * eth_axis + int(z[2 + eth_axis] < 0)]
-    skin0, hair_palette, eye_palette, eye_h = _LOOKS[ethnicity]
-    # Skin: own shade, slightly paler and less saturated with age.
-    shade = 1.0 + 0.06 * t[5] - 0.04 * _smoothstep(age, 40, 85)
-    skin = np.clip(np.array(skin0) * shade, 0, 1)
-    skin = tuple(skin + 0.15 * _smoothstep(age, 50, 90) * (skin.mean() - skin))
-    lip = np.array(skin) * np.array([0.86, 0.62, 0.62])
-    if not male:  # lipstick-ish red lips for the feminine end
+    axis = int(np.argmax(np.abs(z[2:5])))
+    ethnicity = ETHNICITIES[2 * axis + int(z[2 + axis] < 0)]
+    look = _LOOKS[ethnicity]
+    # skin: its own shade, a little paler and greyer with age
+    skin = np.clip(np.array(look.skin) * (1 + 0.06 * t[5] - 0.04 * _smoothstep(age, 40, 85)), 0, 1)
+    skin = skin + 0.15 * _smoothstep(age, 50, 90) * (skin.mean() - skin)
+    lip = skin * (0.86, 0.62, 0.62)
+    if not male:  # red-tinted lips
         lip = 0.55 * lip + 0.45 * np.array([0.72, 0.22, 0.28])
-    hair_style = _pick(_MALE_HAIR if male else _FEMALE_HAIR, u[18])
-    beard = _BEARDS[min(int(u[24] * 2 * len(_BEARDS)), len(_BEARDS) - 1)] if male else "none"
-    if u[24] < 0.5:
-        beard = "none"
-    mole = None
-    if z[26] > 1.2:
-        mole = (float(0.18 * np.sign(z[27]) * (0.6 + 0.4 * u[25])), float(0.08 + 0.12 * u[21]))
+    beard = _choose(_BEARDS, 2 * u[24] - 1) if male and u[24] > 0.5 else "none"
+    mole = (0.18 * math.copysign(0.6 + 0.4 * u[25], z[27]), 0.08 + 0.12 * u[21])
     return Face(
         age=age,
         male=male,
         masc=masc,
         ethnicity=ethnicity,
-        skin=tuple(float(c) for c in skin),
-        face_w=0.39 * (1 + 0.07 * t[6]) + 0.02 * masc,
-        face_h=0.5 * (1 + 0.06 * t[7]),
-        jaw=0.72 + 0.08 * t[8] + 0.06 * masc,
+        skin=tuple(skin.tolist()),
+        face_w=0.39 * (1 + 0.1 * t[6]) + 0.02 * masc,
+        face_h=0.5 * (1 + 0.08 * t[7]),
+        jaw=0.72 + 0.1 * t[8] + 0.06 * masc,
         chin_p=1.6 + 0.5 * t[27],
-        eye_dx=0.165 + 0.02 * t[9],
-        eye_rx=0.085 * (1 + 0.15 * t[10]),
-        eye_ry=0.05 * (1 + 0.15 * t[10]) * eye_h,
-        eye_color=eye_palette[min(int(u[11] * len(eye_palette)), len(eye_palette) - 1)],
-        brow_w=0.022 + 0.007 * t[12] + 0.006 * masc,
-        brow_dy=0.1 + 0.02 * t[13],
-        nose_len=0.21 + 0.035 * t[14],
-        nose_w=0.07 + 0.018 * t[15],
-        mouth_w=0.14 + 0.025 * t[16] - 0.01 * masc,
-        lip_t=0.024 + 0.008 * t[17] - 0.004 * masc,
-        lip_color=tuple(float(c) for c in lip),
-        hair_style=hair_style,
-        hair_color=hair_palette[min(int(u[19] * len(hair_palette)), len(hair_palette) - 1)],
+        eye_dx=0.165 + 0.025 * t[9],
+        eye_rx=0.085 * (1 + 0.2 * t[10]),
+        eye_ry=0.05 * (1 + 0.2 * t[10]) * look.eye_height,
+        eye_color=_choose(look.eyes, u[11]),
+        brow_w=0.022 + 0.009 * t[12] + 0.006 * masc,
+        brow_dy=0.1 + 0.025 * t[13],
+        nose_len=0.21 + 0.045 * t[14],
+        nose_w=0.07 + 0.022 * t[15],
+        mouth_w=0.14 + 0.035 * t[16] - 0.01 * masc,
+        lip_t=0.024 + 0.01 * t[17] - 0.004 * masc,
+        lip_color=tuple(lip.tolist()),
+        hair_style=_pick(_MALE_HAIR if male else _FEMALE_HAIR, u[18]),
+        hair_color=_choose(look.hair, u[19]),
         hair_volume=0.06 + 0.035 * t[20],
         hair_part=float(t[21]),
         glasses=float(np.clip((z[GLASSES] - 0.85) / 0.3, 0, 1)),
-        frame_color=_FRAMES[min(int(u[23] * len(_FRAMES)), len(_FRAMES) - 1)],
+        frame_color=_choose(_FRAMES, u[23]),
         beard=beard,
         ear_ry=0.1 * (1 + 0.15 * t[25]),
-        mole=mole,
+        mole=mole if z[26] > 0.5 else None,
         background=_hsv_to_rgb(u[28], 0.35, 0.45 + 0.4 * u[29]),
         clothes=_hsv_to_rgb(u[30], 0.55, 0.55),
         smile=float(0.3 * t[31]),
@@ -250,7 +243,7 @@ def _hsv_to_rgb(h, s, v):
 
 # A shape is a signed-distance function of head coordinates plus a bounding circle
 # (cx, cy, r): the canvas evaluates it only on the pixels of that circle's box, which keeps a
-# 64x64 render at ~2 ms although it paints some 40 shapes.
+# render fast although it paints some 40 shapes.
 Shape = namedtuple("Shape", "sd bound")
 
 
@@ -267,7 +260,7 @@ def ellipse(cx, cy, rx, ry):
 
 
 def capsule(ax, ay, bx, by, r):
-    """A segment a-b thickened to radius r."""
+    """The segment a-b thickened to radius r."""
     dx, dy = bx - ax, by - ay
 
     def sd(x, y):
@@ -278,7 +271,7 @@ def capsule(ax, ay, bx, by, r):
 
 
 def arc(cx, cy, half_w, bend, r):
-    """A thick parabola through (cx +- half_w, cy) bulging up by `bend` at cx (down if < 0)."""
+    """A thick parabola through (cx +- half_w, cy), bulging up by `bend` at cx (down if < 0)."""
 
     def sd(x, y):
         dx = (x - cx) / half_w
@@ -289,7 +282,7 @@ def arc(cx, cy, half_w, bend, r):
 
 
 def intersect(a: Shape, b: Shape):
-    """Both shapes at once (bounded by the first)."""
+    """Where both shapes are (bounded by the first)."""
     return Shape(lambda x, y: np.maximum(a.sd(x, y), b.sd(x, y)), a.bound)
 
 
@@ -298,11 +291,16 @@ def ring(a: Shape, half_width):
     return Shape(lambda x, y: np.abs(a.sd(x, y)) - half_width, a.bound)
 
 
+def halfplane(fn, bound):
+    """The region fn(x, y) <= 0 (fn: a signed distance-like function)."""
+    return Shape(fn, bound)
+
+
 class _Canvas:
     """A float rgb image painted back to front with anti-aliased shapes in head coordinates.
 
-    The head frame is the image frame moved by the pose: shift, scale and in-plane tilt (and,
-    for the "melted" failure, a smooth warp). `shade` is the per-pixel lighting of the head.
+    Head coordinates are image coordinates undone by the pose: shift, scale and in-plane tilt
+    (and, for the "melted" failure, a smooth warp). `shade` is the per-pixel head lighting.
     """
 
     HEAD_SCALE = 1.12  # canonical head size in the frame
@@ -310,6 +308,7 @@ class _Canvas:
     def __init__(self, size, pose, melt_rng=None):
         self.size = size
         self.img = np.zeros((size, size, 3))
+        self.shade = np.ones((size, size, 1))
         self.scale = pose["scale"] * self.HEAD_SCALE
         self.shift = pose["shift"]
         self.cos, self.sin = math.cos(pose["tilt"]), math.sin(pose["tilt"])
@@ -323,21 +322,20 @@ class _Canvas:
             self.x = self.x + amp[0] * np.sin(freq[0] * self.y + ph[0])
             self.y = self.y + amp[1] * np.sin(freq[1] * self.x + ph[1])
             self.margin = 0.2
-        self.shade = np.ones((size, size, 1))
 
     def box(self, bound):
-        """Pixel slice covering a head-space bounding circle, or None if off-canvas."""
+        """The pixel slice that covers a head-space bounding circle (None if off-canvas)."""
         cx, cy, r = bound
         px = self.shift[0] + self.scale * (self.cos * cx - self.sin * cy)
         py = self.shift[1] + self.scale * (self.sin * cx + self.cos * cy)
-        half = (r + self.margin) * self.scale * self.size / 2 + 1.5
         col, row = (px + 1) / 2 * self.size - 0.5, (py + 1) / 2 * self.size - 0.5
+        half = (r + self.margin) * self.scale * self.size / 2 + 1.5
         c0, c1 = max(int(col - half), 0), min(int(col + half) + 2, self.size)
         r0, r1 = max(int(row - half), 0), min(int(row + half) + 2, self.size)
         return np.s_[r0:r1, c0:c1] if c0 < c1 and r0 < r1 else None
 
-    def paint(self, shape: Shape, color, opacity=1.0, lit=True):
-        """Blend a shape in; color is rgb or a per-pixel (H, W, 3) array. Returns coverage."""
+    def paint(self, shape: Shape, color, opacity=1.0):
+        """Blend a lit shape in (color: rgb or a per-pixel array). Returns its coverage."""
         cover = np.zeros((self.size, self.size))
         box = self.box(shape.bound)
         if box is None:
@@ -345,38 +343,42 @@ class _Canvas:
         a = np.clip(0.5 - shape.sd(self.x[box], self.y[box]) / self.px, 0.0, 1.0)
         a = a * (opacity[box] if np.ndim(opacity) == 2 else opacity)
         color = np.asarray(color)
-        color = color[box] if color.ndim == 3 else color
-        if lit:
-            color = color * self.shade[box]
+        color = (color[box] if color.ndim == 3 else color) * self.shade[box]
         cover[box] = a
         self.img[box] = self.img[box] * (1 - a[..., None]) + a[..., None] * color
         return cover
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(size):
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    return np.meshgrid(c, c)  # x (columns), y (rows), pixel centres in [-1, 1]
+
+
 # ------------------------------------------------------------------------------ nuisance
 
+# Frontal, centred, lit from above the camera. None: taken from the latent's nuisance dims.
 CANONICAL_POSE = dict(
-    yaw=0.0, pitch=0.0, tilt=0.0, scale=1.0, shift=(0.0, 0.0), light=(0.0, -0.6, 1.0),
-    light_gain=1.0, ambient=0.6, tint=(1.0, 1.0, 1.0), smile=None, background=None,
-    bg_texture="gradient", bg_phase=0.0, clothes=None,
+    yaw=0.0, pitch=0.0, tilt=0.0, scale=1.0, shift=(0.0, 0.0),
+    light=(0.0, -0.6, 1.0), light_gain=1.0, ambient=0.6, tint=(1.0, 1.0, 1.0),
+    smile=None, background=None, bg_texture="gradient", bg_phase=0.0, clothes=None,
 )  # fmt: skip
 
 
 def sample_nuisance(rng) -> dict:
     """A random pose, lighting, expression, background and clothes (keys of CANONICAL_POSE)."""
-    angle = rng.uniform(0, 2 * np.pi)
-    elev = rng.uniform(0.35, 1.0)
+    angle, elev = rng.uniform(0, 2 * np.pi), rng.uniform(0.35, 1.0)
     return dict(
-        yaw=rng.uniform(-0.8, 0.8),
-        pitch=rng.uniform(-0.5, 0.5),
-        tilt=rng.uniform(-0.25, 0.25),
-        scale=rng.uniform(0.85, 1.12),
-        shift=(rng.uniform(-0.1, 0.1), rng.uniform(-0.08, 0.08)),
+        yaw=rng.uniform(-0.6, 0.6),
+        pitch=rng.uniform(-0.4, 0.4),
+        tilt=rng.uniform(-0.2, 0.2),
+        scale=rng.uniform(0.9, 1.1),
+        shift=(rng.uniform(-0.08, 0.08), rng.uniform(-0.06, 0.06)),
         light=(math.cos(angle) * (1 - elev), math.sin(angle) * (1 - elev), elev),
-        light_gain=rng.uniform(0.8, 1.15),
-        ambient=rng.uniform(0.4, 0.7),
-        tint=tuple(1 + rng.uniform(-0.06, 0.06, 3)),
-        smile=rng.uniform(-0.5, 1.0),
+        light_gain=rng.uniform(0.85, 1.1),
+        ambient=rng.uniform(0.5, 0.75),
+        tint=tuple(1 + rng.uniform(-0.04, 0.04, 3)),
+        smile=rng.uniform(-0.4, 0.9),
         background=_hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.7), rng.uniform(0.25, 0.95)),
         bg_texture=str(rng.choice(["flat", "gradient", "stripes", "blobs", "checker"])),
         bg_phase=rng.uniform(0, 2 * np.pi),
@@ -384,15 +386,8 @@ def sample_nuisance(rng) -> dict:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _grid(size):
-    c = (np.arange(size) + 0.5) / size * 2 - 1
-    return np.meshgrid(c, c)  # x (columns), y (rows), in [-1, 1]
-
-
 def _background(size, color, texture, phase):
     x, y = _grid(size)
-    c = np.asarray(color)
     if texture == "flat":
         f = np.ones_like(x)
     elif texture == "gradient":
@@ -403,45 +398,43 @@ def _background(size, color, texture, phase):
         f = 1.0 + 0.08 * np.sign(np.sin(6 * x + phase) * np.sin(6 * y + phase))
     else:  # soft blobs
         f = 1.0 + 0.2 * np.sin(2.5 * x + phase) * np.cos(3.1 * y - 0.7 * phase)
-    return np.clip(f[..., None] * c, 0, 1)
+    return np.clip(f[..., None] * np.asarray(color), 0, 1)
 
 
 # ------------------------------------------------------------------------------- render
 
 
 def render_face(z, size=64, pose=None, rng=None, defect=None) -> np.ndarray:
-    """Render latent z as an (size, size, 3) uint8 image.
+    """Render latent z as a (size, size, 3) uint8 image.
 
     pose: None for the canonical frontal pose, else a dict as from `sample_nuisance` (missing
-    keys fall back to canonical). defect: None or one of DEFECTS, a simulated generator
-    failure; its random layout comes from rng (default: derived from z).
+    keys are canonical). defect: None or one of DEFECTS, a simulated generator failure whose
+    random layout comes from rng (default: seeded from z).
     """
     face = identity(z)
     p = dict(CANONICAL_POSE, **(pose or {}))
     if defect is not None and rng is None:
-        rng = np.random.default_rng(
-            int.from_bytes(np.asarray(z, np.float64).tobytes()[:8], "little")
-        )
+        rng = np.random.default_rng(list(np.asarray(z, np.float64).view(np.uint32)))
     cv = _Canvas(size, p, melt_rng=rng if defect == "melted" else None)
-    cv.img[:] = _background(
-        size, p["background"] or face.background, p["bg_texture"], p["bg_phase"]
-    )
+    background = p["background"] or face.background
+    cv.img[:] = _background(size, background, p["bg_texture"], p["bg_phase"])
     _draw_head(cv, face, p, draw_eyes=defect != "missing_eyes")
     img = cv.img * np.asarray(p["tint"])
-    if defect is not None and defect not in ("melted", "missing_eyes"):
+    if defect in ("blur", "noise", "occlusion", "color_shift"):
         img = _apply_defect(img, defect, rng)
+    elif defect not in (None, "melted", "missing_eyes"):
+        raise ValueError(f"unknown defect {defect!r}; expected one of {DEFECTS}")
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def _lighting(cv, p):
-    """Diffuse shading of a head-sized ellipsoid under the pose's light (per pixel)."""
+    """Ambient plus diffuse shading of a head-sized ellipsoid under the pose's light."""
     light = np.asarray(p["light"], dtype=np.float64)
     light = light / np.linalg.norm(light)
     nx, ny = cv.x / 0.55, (cv.y + 0.05) / 0.65
     nz = np.sqrt(np.clip(1 - nx * nx - ny * ny, 0.05, 1))
-    diffuse = np.clip(
-        (nx * light[0] + ny * light[1] + nz * light[2]) / np.sqrt(nx * nx + ny * ny + nz * nz), 0, 1
-    )
+    cosine = (nx * light[0] + ny * light[1] + nz * light[2]) / np.sqrt(nx**2 + ny**2 + nz**2)
+    diffuse = np.clip(cosine, 0, 1)
     return (p["ambient"] + (1 - p["ambient"]) * diffuse)[..., None] * p["light_gain"] * 1.05
 
 
@@ -456,20 +449,22 @@ def _draw_head(cv, f: Face, p, draw_eyes=True):
     hair = _hair_texture(cv.x, cv.y, f)
     skin = np.asarray(f.skin)
     cx, cy = at(0.0, 0.0, 0.3)  # the face outline turns a little
-    cv.paint(ellipse(0.0, 1.12, 1.1, 0.56), np.asarray(p["clothes"] or f.clothes) * 0.95)
+    cv.paint(ellipse(0.0, 1.05, 1.1, 0.55), np.asarray(p["clothes"] or f.clothes) * 0.95)
     _draw_back_hair(cv, f, cx, cy, hair)
-    cv.paint(capsule(cx * 0.5, 0.3, 0.0, 0.9, 0.13 + 0.02 * f.masc), skin * 0.78)
+    neck = capsule(cx * 0.5, 0.3, 0.0, 0.9, 0.15 + 0.02 * f.masc)
+    collar = halfplane(lambda x, y: y - 0.6 - 0.9 * np.abs(x), neck.bound)  # a V-neck
+    cv.paint(intersect(neck, collar), skin * 0.78)
     for side in (-1, 1):  # ears; the far one slides behind the face when the head turns
         cv.paint(ellipse(*at(side * (f.face_w + 0.005), -0.04, 0.0), 0.055, f.ear_ry), skin * 0.9)
     outline = _face_shape(f, cx, cy, yaw)
-    face_a = cv.paint(outline, skin)
-    _draw_age_marks(cv, f, at, face_a, skin)
+    face_cover = cv.paint(outline, skin)
+    _draw_age_marks(cv, f, at, face_cover, skin)
     if f.mole is not None:
-        cv.paint(ellipse(*at(*f.mole, 0.8), 0.016, 0.016), skin * 0.45, face_a)
+        cv.paint(ellipse(*at(*f.mole, 0.8), 0.02, 0.02), skin * 0.4, face_cover)
     _draw_beard(cv, f, at, outline, hair)
     if draw_eyes:
-        _draw_eyes(cv, f, at, skin)
-    for side in (-1, 1):
+        _draw_eyes(cv, f, at)
+    for side in (-1, 1):  # brows
         bx, by = at(side * f.eye_dx, -0.08 - f.brow_dy, 0.8)
         cv.paint(arc(bx, by, 0.09, 0.025, f.brow_w * 0.5), hair * 0.8)
     _draw_nose(cv, f, at, skin, p["light"])
@@ -484,171 +479,167 @@ def _face_shape(f: Face, cx, cy, yaw):
     w = f.face_w * (1 - 0.08 * abs(yaw))
 
     def sd(x, y):
-        t = np.clip((y - cy) / f.face_h, 0, 1) ** f.chin_p
-        width = 1 - (1 - f.jaw) * t
+        width = 1 - (1 - f.jaw) * np.clip((y - cy) / f.face_h, 0, 1) ** f.chin_p
         return _sd_ellipse((x - cx) / width + cx, y, cx, cy, w, f.face_h) * np.minimum(width, 1)
 
     return Shape(sd, (cx, cy, max(w, f.face_h)))
 
 
 def _hair_texture(x, y, f: Face):
-    """Hair colour with strands; grey strands take over with age."""
+    """Hair colour with strands (mirror-symmetric); it turns grey from about 30 on."""
     wave = np.sin(6 * y)
-    strands = np.sin(30 * x + 6 * wave + 3 * f.hair_part)
+    strands = np.sin(30 * np.abs(x) + 6 * wave + 3 * f.hair_part)
     base = np.asarray(f.hair_color) * (1 + 0.16 * strands)[..., None]
-    grey = _smoothstep(f.age, 42, 78)
+    grey = 0.3 * _smoothstep(f.age, 28, 60) + 0.7 * _smoothstep(f.age, 45, 80)
     if grey == 0:
         return base
-    streaks = np.sin(23 * x + 5 * wave + 1.7)
-    grey_mask = np.clip(1.7 * grey - 0.35 + 0.5 * streaks, 0, 1) * grey
+    grey_share = np.clip(grey * (1 + 0.25 * np.sin(17 * np.abs(x) + 4 * wave + 1.7)), 0, 1)
     grey_rgb = 0.8 * (1 + 0.08 * strands)[..., None]
-    return base + (grey_rgb - base) * grey_mask[..., None]
+    return base + (grey_rgb - base) * grey_share[..., None]
 
 
 def _draw_back_hair(cv, f: Face, cx, cy, hair):
+    """Hair behind the face: falling hair, curls around the head, or a bun on top."""
     v, top = f.hair_volume, cy - f.face_h
     if f.hair_style in ("long", "medium"):
         bottom = 0.7 if f.hair_style == "long" else 0.25
         cv.paint(capsule(cx, top + 0.35, cx, bottom, f.face_w + v + 0.03), hair)
     elif f.hair_style == "curly":
         cap = ellipse(cx, cy - 0.12, f.face_w + v + 0.09, f.face_h + 0.04 + v)
-        bumps = Shape(
-            lambda x, y: cap.sd(x, y) + 0.02 * np.sin(14 * np.arctan2(y - cy, x - cx)), cap.bound
-        )
-        cv.paint(bumps, hair)
+
+        def curls(x, y):
+            return cap.sd(x, y) + 0.02 * np.cos(14 * np.arctan2(y - cy, x - cx))
+
+        cv.paint(Shape(curls, cap.bound), hair)
     elif f.hair_style == "bun":
-        cv.paint(ellipse(cx, top - 0.07, 0.15, 0.11), hair)
+        cv.paint(ellipse(cx, top - 0.16, 0.15, 0.11), hair)
+
+
+_HAIRLINE = {"receding": -0.38, "crop": -0.36, "long": -0.31, "medium": -0.31}
 
 
 def _draw_front_hair(cv, f: Face, cx, cy, hair):
     """The hair over the top of the head, down to a hairline that dips at the temples."""
     v = f.hair_volume * (0.3 if f.hair_style == "crop" else 1.0)
     cap = ellipse(cx, cy - 0.07, f.face_w + 0.02 + 0.5 * v, f.face_h + 0.03 + v)
-    line_y = {"receding": -0.38, "crop": -0.36, "long": -0.31, "medium": -0.31}.get(
-        f.hair_style, -0.34
-    )
-    dip = 0.3 if f.hair_style != "bald" else 0.45
+    if f.hair_style == "bald":
+
+        def over_the_ears(x, y):
+            return np.maximum(cy - 0.22 - y, 0.8 * f.face_w - np.abs(x - cx))
+
+        cv.paint(intersect(cap, halfplane(over_the_ears, cap.bound)), hair, 0.85)
+        return
+    line_y = cy + _HAIRLINE.get(f.hair_style, -0.34)
+    bare_crown = 0.12 if f.hair_style == "receding" else 0.0
 
     def below_hairline(x, y):
         rel = np.abs(x - cx) / f.face_w
-        line = cy + line_y + 0.06 * f.hair_part * (x - cx) + dip * rel**2.5
-        if f.hair_style in ("receding", "bald"):  # a bare crown and/or temples
-            line = line - (0.12 if f.hair_style == "receding" else 0.4) * np.clip(
-                1 - rel / 0.55, 0, 1
-            )
-        return y - line
+        line = line_y + 0.06 * f.hair_part * (x - cx) + 0.3 * rel**2.5
+        return y - (line - bare_crown * np.clip(1 - rel / 0.55, 0, 1))
 
-    cv.paint(
-        intersect(cap, Shape(below_hairline, cap.bound)),
-        hair,
-        0.85 if f.hair_style == "bald" else 1.0,
-    )
+    cv.paint(intersect(cap, halfplane(below_hairline, cap.bound)), hair)
 
 
-def _draw_age_marks(cv, f: Face, at, face_a, skin):
-    """Nasolabial folds deepen from young adulthood on; wrinkles and eye bags come later."""
-    folds = 0.1 + 0.5 * _smoothstep(f.age, 20, 80)
-    wrinkles = _smoothstep(f.age, 35, 80)
+def _draw_age_marks(cv, f: Face, at, face_cover, skin):
+    """A youthful flush fades, nasolabial folds deepen, then eye bags and wrinkles come."""
+    flush = 0.3 * (1 - _smoothstep(f.age, 18, 45))
+    folds = 0.65 * np.clip((f.age - 18) / 50, 0, 1)
+    bags = 0.7 * np.clip((f.age - 25) / 45, 0, 1)
+    wrinkles = _smoothstep(f.age, 32, 80)
     dark = skin * 0.55
     for side in (-1, 1):
-        nx, ny = at(side * (f.nose_w + 0.03), -0.08 + f.nose_len - 0.02, 0.85)
-        mx, my = at(side * (f.mouth_w + 0.03), -0.08 + f.nose_len + 0.14, 0.85)
-        cv.paint(capsule(nx, ny, mx, my, 0.007), dark, folds * face_a)
-        if wrinkles == 0:
-            continue
+        cheek = ellipse(*at(side * 0.22, 0.07, 0.7), 0.08, 0.05)
+        cv.paint(cheek, skin * (1.05, 0.8, 0.8), flush * face_cover)
+        nx, ny = at(side * (f.nose_w + 0.03), -0.1 + f.nose_len, 0.85)
+        mx, my = at(side * (f.mouth_w + 0.03), 0.06 + f.nose_len, 0.85)
+        cv.paint(capsule(nx, ny, mx, my, 0.008), dark, folds * face_cover)
+        bx, by = at(side * f.eye_dx, -0.05 + f.eye_ry, 0.7)
+        cv.paint(arc(bx, by, f.eye_rx * 0.9, -0.015, 0.006), dark, bags * face_cover)
         ex, ey = at(side * (f.eye_dx + f.eye_rx + 0.03), -0.08, 0.6)
-        for k in (-1, 0, 1):  # crow's feet
-            cv.paint(
-                capsule(ex, ey + 0.02 * k, ex + side * 0.05, ey + 0.035 * k, 0.005),
-                dark,
-                wrinkles * 0.8 * face_a,
-            )
-        bx, by = at(side * f.eye_dx, -0.08 + f.eye_ry + 0.03, 0.7)
-        cv.paint(arc(bx, by, f.eye_rx * 0.9, -0.015, 0.006), dark, wrinkles * 0.7 * face_a)
-    for k in range(3 if wrinkles > 0 else 0):  # forehead lines
-        cv.paint(
-            arc(*at(0.0, -0.25 - 0.045 * k, 0.5), 0.18, 0.015, 0.006), dark, wrinkles * 0.9 * face_a
-        )
+        for k in (-1, 0, 1) if wrinkles > 0 else ():  # crow's feet
+            crow = capsule(ex, ey + 0.02 * k, ex + side * 0.05, ey + 0.035 * k, 0.005)
+            cv.paint(crow, dark, 0.8 * wrinkles * face_cover)
+    for k in range(3) if wrinkles > 0 else ():  # forehead lines
+        line = arc(*at(0.0, -0.25 - 0.045 * k, 0.5), 0.18, 0.015, 0.006)
+        cv.paint(line, dark, 0.9 * wrinkles * face_cover)
 
 
 def _draw_beard(cv, f: Face, at, outline, hair):
     if f.beard == "none":
         return
     _, nose_y = at(0.0, -0.08 + f.nose_len, 0.8)
-    mx, my = at(0.0, -0.08 + f.nose_len + 0.13, 0.85)
-    moustache = arc(mx, my - 0.045, f.mouth_w + 0.02, 0.02, 0.02)
+    mx, my = at(0.0, 0.05 + f.nose_len, 0.85)
     if f.beard in ("moustache", "goatee"):
-        cv.paint(moustache, hair)
+        cv.paint(arc(mx, my - 0.045, f.mouth_w + 0.02, 0.02, 0.02), hair)
     if f.beard == "goatee":
         cv.paint(intersect(ellipse(mx, my + 0.1, f.mouth_w * 0.7, 0.12), outline), hair)
     if f.beard in ("stubble", "full"):
-        lower = intersect(outline, Shape(lambda x, y: nose_y + 0.02 - y, outline.bound))
-        cv.paint(lower, hair, 0.35 if f.beard == "stubble" else 0.95)
+        below_nose = halfplane(lambda x, y: nose_y + 0.02 - y, outline.bound)
+        cv.paint(intersect(outline, below_nose), hair, 0.35 if f.beard == "stubble" else 0.95)
 
 
-def _draw_eyes(cv, f: Face, at, skin):
+def _draw_eyes(cv, f: Face, at):
     for side in (-1, 1):
         ex, ey = at(side * f.eye_dx, -0.08, 0.7)
         sclera = ellipse(ex, ey, f.eye_rx, f.eye_ry)
         cv.paint(sclera, (0.95, 0.95, 0.93))
         ix = ex + 0.012 * (ex - side * f.eye_dx)  # the gaze follows the head turn a bit
         cv.paint(intersect(ellipse(ix, ey, f.eye_ry * 0.95, f.eye_ry * 0.95), sclera), f.eye_color)
-        cv.paint(
-            intersect(ellipse(ix, ey, f.eye_ry * 0.45, f.eye_ry * 0.45), sclera), (0.03, 0.03, 0.03)
-        )
+        pupil = intersect(ellipse(ix, ey, f.eye_ry * 0.55, f.eye_ry * 0.55), sclera)
+        cv.paint(pupil, (0.03, 0.03, 0.03))
         lid = 0.012 if f.male else 0.018  # lashes make the feminine lid line thicker
-        cv.paint(arc(ex, ey, f.eye_rx * 1.05, f.eye_ry, lid * 0.5), skin * 0.3)
+        cv.paint(arc(ex, ey, f.eye_rx * 1.05, f.eye_ry, lid * 0.5), (0.1, 0.07, 0.06))
 
 
 def _draw_nose(cv, f: Face, at, skin, light):
     tx, ty = at(0.0, -0.08 + f.nose_len, 1.0)
     rx, ry = at(0.0, -0.06, 0.9)
     side = 1.0 if light[0] <= 0 else -1.0  # the shadow falls away from the light
-    cv.paint(
-        capsule(rx + side * 0.03, ry, tx + side * f.nose_w * 0.8, ty - 0.03, 0.012), skin * 0.82
-    )
+    ridge = capsule(rx + side * 0.03, ry, tx + side * f.nose_w * 0.8, ty - 0.03, 0.012)
+    cv.paint(ridge, skin * 0.82)
     cv.paint(ellipse(tx, ty - 0.01, f.nose_w * 0.6, 0.035), skin * 1.06)
-    for s in (-1, 1):
+    for s in (-1, 1):  # nostrils
         cv.paint(ellipse(tx + s * f.nose_w * 0.5, ty + 0.008, 0.018, 0.011), skin * 0.45)
 
 
 def _draw_mouth(cv, f: Face, at, smile, yaw):
-    mx, my = at(0.0, -0.08 + f.nose_len + 0.13, 0.85)
+    mx, my = at(0.0, 0.05 + f.nose_len, 0.85)
     w, t, lip = f.mouth_w * (1 - 0.25 * abs(yaw)), f.lip_t, np.asarray(f.lip_color)
-    cv.paint(arc(mx, my - 0.006, w, -0.03 * smile, t * 0.55), lip * 0.9)
-    cv.paint(arc(mx, my + t * 0.55, w * 0.9, -0.035 * smile, t * 0.65), lip)
-    cv.paint(arc(mx, my + 0.004, w * 0.95, -0.03 * smile, 0.006), lip * 0.45)
+    cv.paint(arc(mx, my - 0.006, w, -0.03 * smile, t * 0.55), lip * 0.9)  # upper lip
+    cv.paint(arc(mx, my + t * 0.55, w * 0.9, -0.035 * smile, t * 0.65), lip)  # lower lip
+    cv.paint(arc(mx, my + 0.004, w * 0.95, -0.03 * smile, 0.006), lip * 0.45)  # the line
 
 
 def _draw_glasses(cv, f: Face, at):
     for side in (-1, 1):
         ex, ey = at(side * f.eye_dx, -0.07, 0.75)
         lens = ellipse(ex, ey, f.eye_rx + 0.045, f.eye_ry + 0.045)
-        cv.paint(lens, (0.85, 0.9, 0.95), 0.18 * f.glasses)  # a faint reflection
+        cv.paint(lens, (0.85, 0.9, 0.95), 0.08 * f.glasses)  # a faint reflection
         cv.paint(ring(lens, 0.011), f.frame_color, f.glasses)
         ox, oy = at(side * (f.eye_dx + f.eye_rx + 0.045), -0.08, 0.6)
         hx, hy = at(side * (f.face_w + 0.01), -0.06, 0.0)
-        cv.paint(capsule(ox, oy, hx, hy, 0.01), f.frame_color, f.glasses)
-    cv.paint(capsule(*at(-0.05, -0.09, 0.9), *at(0.05, -0.09, 0.9), 0.01), f.frame_color, f.glasses)
+        cv.paint(capsule(ox, oy, hx, hy, 0.01), f.frame_color, f.glasses)  # temple
+    bridge = capsule(*at(-0.05, -0.09, 0.9), *at(0.05, -0.09, 0.9), 0.01)
+    cv.paint(bridge, f.frame_color, f.glasses)
 
 
 def _apply_defect(img, defect, rng):
     """Image-level generator failures (the geometric ones are drawn by `render_face`)."""
     size = img.shape[0]
     if defect == "blur":
-        return ndimage.gaussian_filter(img, sigma=(rng.uniform(1.2, 2.2) * size / 64,) * 2 + (0,))
+        sigma = rng.uniform(1.2, 2.2) * size / 64
+        return ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0))
     if defect == "noise":
         return img + rng.normal(0, rng.uniform(0.08, 0.16), img.shape)
     if defect == "occlusion":  # a big blob of a random colour over the face
         x, y = _grid(size)
         cx, cy = rng.uniform(-0.25, 0.25, 2)
-        r = rng.uniform(0.25, 0.4)
         wobble = 1 + 0.15 * np.sin(5 * np.arctan2(y - cy, x - cx) + rng.uniform(0, 6))
-        a = np.clip((r * wobble - np.hypot(x - cx, y - cy)) * size / 3, 0, 1)[..., None]
+        inside = rng.uniform(0.25, 0.4) * wobble - np.hypot(x - cx, y - cy)
+        a = np.clip(inside * size / 3, 0, 1)[..., None]
         return img * (1 - a) + a * rng.uniform(0, 1, 3)
-    if defect == "color_shift":  # hue rotated far away from any skin colour, oversaturated
-        return _rotate_hue(img, rng.uniform(1.2, 2 * np.pi - 1.2), saturation=rng.uniform(1.5, 2.5))
-    raise ValueError(f"unknown defect {defect!r}; expected one of {DEFECTS}")
+    # color_shift: hue turned far away from any skin colour, oversaturated
+    return _rotate_hue(img, rng.uniform(1.2, 2 * np.pi - 1.2), saturation=rng.uniform(1.5, 2.5))
 
 
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -665,6 +656,7 @@ def _rotate_hue(img, angle, saturation=1.0):
 # ------------------------------------------------------------------------------ quality
 
 _LUMA = np.array([0.299, 0.587, 0.114])
+_NOISE_KERNEL = np.array([[1.0, -2, 1], [-2, 4, -2], [1, -2, 1]])
 
 
 def _region(img, rows, cols):
@@ -674,37 +666,37 @@ def _region(img, rows, cols):
 
 
 def quality_features(img) -> dict:
-    """Measurements of a canonical (frontal, centred) render that a clean face satisfies.
+    """What a clean canonical (frontal, centred) render shows, measured from its pixels.
 
-    noise: sensor-like noise sigma (Immerkaer's Laplacian estimate, median so edges do not count);
-    sharpness: 99th percentile of the luminance gradient (blur flattens edges);
-    asymmetry: mean |face box - its mirror image| (warps and blobs break symmetry);
+    Tuned on 64 px renders; larger sizes separate as well, at 32 px the eyes get too small.
+
+    noise: noise sigma (Immerkaer's Laplacian estimator; the median ignores the edges);
+    sharpness: 99th percentile of the luminance gradient per 1/64 of the width (blur flattens);
+    asymmetry: mean |face box - its mirror image| (warps and blobs break the symmetry);
     eyes: in each half of the eye band, a bright unsaturated pixel (sclera) next to a dark one
-      (pupil); the weaker side counts;
-    skin: how far the cheeks' chromaticity lies outside the range of human skin.
+      (pupil, lid); the weaker eye counts;
+    skin: how far the cheeks' chromaticity lies outside the range of human skin tones.
     """
     im = np.asarray(img, dtype=np.float64) / 255.0
+    size = im.shape[1]
     luma = im @ _LUMA
-    lap = ndimage.convolve(luma, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], float))[1:-1, 1:-1]
+    noise = np.median(np.abs(ndimage.convolve(luma, _NOISE_KERNEL)[1:-1, 1:-1])) / (0.674 * 6)
     gy, gx = np.gradient(luma)
     box = _region(im, (0.3, 0.8), (0.25, 0.75))
     top, low = im.max(-1), im.min(-1)
     whiteness = luma * (1 - (top - low) / (top + 1e-6))
+    window = max(3, round(3 * size / 64))
     sclera_pupil = np.minimum(
-        ndimage.maximum_filter(whiteness, 3), ndimage.maximum_filter(1 - luma, 3)
+        ndimage.maximum_filter(whiteness, window), ndimage.maximum_filter(1 - luma, window)
     )
-    band = (0.36, 0.54)
-    eyes = min(_region(sclera_pupil, band, c).max() for c in ((0.28, 0.5), (0.5, 0.72)))
-    cheeks = [
-        np.median(_region(im, (0.53, 0.59), c).reshape(-1, 3), 0)
-        for c in ((0.32, 0.38), (0.62, 0.68))
-    ]
+    eyes = min(_region(sclera_pupil, (0.36, 0.54), c).max() for c in ((0.28, 0.5), (0.5, 0.72)))
+    cheeks = [_region(im, (0.53, 0.59), c).reshape(-1, 3) for c in ((0.32, 0.38), (0.62, 0.68))]
     return dict(
-        noise=float(np.median(np.abs(lap)) / (0.674 * 6)),
-        sharpness=float(np.percentile(np.hypot(gx, gy), 99)),
+        noise=float(noise),
+        sharpness=float(np.percentile(np.hypot(gx, gy), 99) * size / 64),
         asymmetry=float(np.abs(box - box[:, ::-1]).mean()),
         eyes=float(eyes),
-        skin=max(_skin_distance(c) for c in cheeks),
+        skin=max(_skin_distance(np.median(c, 0)) for c in cheeks),
     )
 
 
@@ -715,33 +707,35 @@ def _skin_distance(rgb):
 
 
 def quality_score(img) -> float:
-    """Discriminator stand-in: 0 for a flawless face, more negative the more defective.
+    """Discriminator stand-in: about 0 for a clean face, far below 0 for a defective one.
 
-    Each measurement of `quality_features` is compared with what clean canonical renders show
-    (tolerances set from their spread) and the squared excesses are summed, so one gross flaw
-    (noise, blur, a warp, no eyes, green skin) outweighs the small variation between clean faces.
+    Each of `quality_features` is compared with what clean canonical renders show, in units of
+    a tolerance set from their spread, and the squared excesses are summed: one gross flaw
+    (noise, blur, a warp, a blob, no eyes, green skin) outweighs the variation between faces.
     """
     f = quality_features(img)
-    penalties = (
+    excess = (
         f["noise"] / 0.01,
         max(0.0, 0.25 - f["sharpness"]) / 0.05,
         f["asymmetry"] / 0.03,
         max(0.0, 0.85 - f["eyes"]) / 0.1,
         f["skin"] / 0.02,
     )
-    return -float(sum(p * p for p in penalties))
+    return -float(sum(e * e for e in excess))
 
 
 # --------------------------------------------------------------------------------- pool
 
 
-def sample_face_pool(n, seed, batch=32, keep=8, size=64, defect_rate=0.25, return_info=False):
+def sample_face_pool(
+    n, seed, batch=32, keep=8, size=64, defect_rate=DEFECT_RATE, return_info=False
+):
     """Draw `batch` latents, render them canonically, keep the `keep` best by quality; repeat.
 
-    A fraction `defect_rate` of the draws is rendered with a random defect, standing in for
-    the GAN's failed samples. The defect belongs to the draw, not to z: re-rendering a kept
-    latent gives its clean face. Returns latents (n, LATENT_DIM) and their scores (n,); with
-    return_info also a dict: `defects` (the defect of each kept face, None if clean),
+    A share `defect_rate` of the draws is rendered with a random defect, standing in for the
+    GAN's failed samples (the defect belongs to the draw, not to z: re-rendering a kept latent
+    gives its clean face). Deterministic in `seed`. Returns latents (n, LATENT_DIM) and scores
+    (n,); with return_info also a dict: `defects` (the defect of each kept face or None),
     `images` (the kept renders), `drawn` and `drawn_defective` (counts over all draws).
     """
     rng = np.random.default_rng(seed)
@@ -749,16 +743,14 @@ def sample_face_pool(n, seed, batch=32, keep=8, size=64, defect_rate=0.25, retur
     drawn = drawn_defective = 0
     while len(latents) < n:
         z = rng.standard_normal((batch, LATENT_DIM))
-        kinds = _draw_defects(rng, batch, defect_rate)
-        seeds = rng.integers(2**63, size=batch)
+        kinds, rngs = _draw_defects(rng, batch, defect_rate)
         renders = [
-            render_face(zi, size, defect=k, rng=np.random.default_rng(s))
-            for zi, k, s in zip(z, kinds, seeds, strict=True)
+            render_face(zi, size, rng=r, defect=k) for zi, k, r in zip(z, kinds, rngs, strict=True)
         ]
-        q = np.array([quality_score(im) for im in renders])
-        for i in np.argsort(-q, kind="stable")[:keep]:
+        quality = np.array([quality_score(im) for im in renders])
+        for i in np.argsort(-quality, kind="stable")[:keep]:
             latents.append(z[i])
-            scores.append(q[i])
+            scores.append(quality[i])
             defects.append(kinds[i])
             images.append(renders[i])
         drawn += batch
@@ -773,17 +765,19 @@ def sample_face_pool(n, seed, batch=32, keep=8, size=64, defect_rate=0.25, retur
 
 
 def _draw_defects(rng, count, rate):
-    """None for a clean draw, else the name of a random defect."""
+    """Per draw: the defect (None if clean) and the random generator that lays it out."""
     hit = rng.random(count) < rate
     kind = rng.integers(len(DEFECTS), size=count)
-    return [DEFECTS[k] if h else None for h, k in zip(hit, kind, strict=True)]
+    seeds = rng.integers(2**63, size=count)
+    kinds = [DEFECTS[k] if h else None for h, k in zip(hit, kind, strict=True)]
+    return kinds, [np.random.default_rng(s) for s in seeds]
 
 
 # -------------------------------------------------------------------------------- edits
 
 
 def edit_latent(z, direction, strength):
-    """Move z along a unit direction; strength is in the paper's units (PAPER_STRENGTH_SCALE)."""
+    """z moved along a unit direction by `strength` paper units (x PAPER_STRENGTH_SCALE)."""
     return np.asarray(z, dtype=np.float64) + strength * PAPER_STRENGTH_SCALE * np.asarray(direction)
 
 
@@ -795,45 +789,44 @@ def age_shift(
     batch=32,
     keep=8,
     size=64,
-    defect_rate=0.25,
+    defect_rate=DEFECT_RATE,
     return_info=False,
 ):
-    """Make faces older (age edit) and then remove the glasses the age edit brings.
+    """Make faces older (age edit), then remove the glasses the age edit tends to add.
 
     The paper edits a batch of 32 faces and keeps the 8 the discriminator scores best. Here
-    each face must stay the same person, so "best 8 of 32" is applied per face: `batch` edit
-    candidates (edit strengths jittered by 10%, the nuisance dims 28-31 jittered, a fraction
-    `defect_rate` rendered with a defect as an editing failure), the `keep` with the best
-    quality survive, and of those the one whose strengths are closest to the requested ones
-    is the result. Identity dims other than the edited ones never change.
-    Returns the edited latents (and scores; info as in `sample_face_pool` with return_info).
+    every input face must come back as the same person, so "best 8 of 32" runs per face:
+    `batch` edit candidates (both edit strengths jittered by 10%, the nuisance dims 28-31
+    jittered, a share `defect_rate` rendered with a defect as editing failures), the `keep`
+    best by quality survive, and of those the one whose strengths are closest to the requested
+    ones is the result. Identity dims other than the edited ones never change.
+    Deterministic in `seed`. Returns the edited latents and their scores (plus, with
+    return_info, a dict with the `defects` of the chosen candidates).
     """
     latents = np.atleast_2d(np.asarray(latents, dtype=np.float64))
-    out, scores, defects = [], [], []
+    edited, scores, defects = [], [], []
     for i, z in enumerate(latents):
         rng = np.random.default_rng([seed, i])
         jitter = rng.normal(0, 0.1, (batch, 2))
-        kinds = _draw_defects(rng, batch, defect_rate)
-        cands = []
-        for j in range(batch):
-            zc = edit_latent(z, AGE_DIRECTION, age_strength * (1 + jitter[j, 0]))
-            zc = edit_latent(zc, GLASSES_DIRECTION, glasses_strength * (1 + jitter[j, 1]))
+        candidates = []
+        for j_age, j_glasses in jitter:
+            zc = edit_latent(z, AGE_DIRECTION, age_strength * (1 + j_age))
+            zc = edit_latent(zc, GLASSES_DIRECTION, glasses_strength * (1 + j_glasses))
             zc[NUISANCE_DIMS] += rng.normal(0, 0.3, len(NUISANCE_DIMS))
-            cands.append(zc)
-        seeds = rng.integers(2**63, size=batch)
-        q = np.array(
-            [
-                quality_score(render_face(c, size, defect=k, rng=np.random.default_rng(s)))
-                for c, k, s in zip(cands, kinds, seeds, strict=True)
-            ]
-        )
-        best = np.argsort(-q, kind="stable")[:keep]
+            candidates.append(zc)
+        kinds, rngs = _draw_defects(rng, batch, defect_rate)
+        renders = [
+            render_face(c, size, rng=r, defect=k)
+            for c, k, r in zip(candidates, kinds, rngs, strict=True)
+        ]
+        quality = np.array([quality_score(im) for im in renders])
+        best = np.argsort(-quality, kind="stable")[:keep]
         pick = best[np.argmin(np.abs(jitter[best]).sum(1))]
-        out.append(cands[pick])
-        scores.append(q[pick])
+        edited.append(candidates[pick])
+        scores.append(quality[pick])
         defects.append(kinds[pick])
-    out, scores = np.stack(out), np.array(scores)
-    return (out, scores, dict(defects=defects)) if return_info else (out, scores)
+    edited, scores = np.stack(edited), np.array(scores)
+    return (edited, scores, dict(defects=defects)) if return_info else (edited, scores)
 
 
 def render_identity_images(z, n, seed, size=64) -> list:
@@ -844,9 +837,9 @@ def render_identity_images(z, n, seed, size=64) -> list:
 
 # --------------------------------------------------------------------------- attributes
 
-# Patches of a canonical render (row and column fractions; mirrored ones are averaged) that
-# carry age, gender, ethnicity and glasses cues: hair colour and length, grey hair, wrinkles,
-# nasolabial folds, beard, lip colour, skin tone, the glasses' bridge and rims.
+# Patches of a canonical render (row and column fractions; each is averaged with its mirror
+# image) that carry the attribute cues: hair colour, length and greyness, wrinkles, folds and
+# the flush of youth, beard, lip colour, skin tone, the glasses' bridge and rims.
 _PATCHES = {
     "hair_top": ((0.16, 0.21), (0.42, 0.58)),
     "hair_side": ((0.62, 0.70), (0.24, 0.29)),
@@ -866,7 +859,7 @@ _PATCHES = {
 
 
 def attribute_features(img) -> np.ndarray:
-    """Per patch: mean rgb, saturation and edge energy (|Laplacian|), left/right averaged."""
+    """Per patch: mean rgb, saturation and edge energy (mean |Laplacian|)."""
     im = np.asarray(img, dtype=np.float64) / 255.0
     edges = np.abs(ndimage.laplace(im @ _LUMA))
     feats = []
@@ -879,65 +872,74 @@ def attribute_features(img) -> np.ndarray:
 
 
 def face_attributes(img_or_z) -> dict:
-    """age (years), gender ('male'/'female'), ethnicity (one of ETHNICITIES) and glasses (bool).
+    """age (years), gender ('male'/'female'), ethnicity (one of ETHNICITIES), glasses (bool).
 
     A latent (1-D, LATENT_DIM) gives the exact values the renderer used. An image (a canonical
-    render) is scored the way the paper scores faces with pre-trained CNNs: linear heads on
-    `attribute_features`, fitted once on labelled renders (see `_attribute_heads`).
+    render, HxWx3) is scored as the paper scores faces with pre-trained CNNs: by linear heads
+    on `attribute_features`, fitted once per image size on labelled renders.
     """
     x = np.asarray(img_or_z)
     if x.ndim == 1:
         f = identity(x)
-        sex = "male" if f.male else "female"
-        return dict(age=f.age, gender=sex, ethnicity=f.ethnicity, glasses=bool(x[GLASSES] > 1.0))
+        gender = "male" if f.male else "female"
+        glasses = bool(x[GLASSES] > 1.0)  # where the frame is half opaque
+        return dict(age=f.age, gender=gender, ethnicity=f.ethnicity, glasses=glasses)
+    if x.ndim != 3:
+        raise ValueError(f"expected a latent ({LATENT_DIM},) or an image (H, W, 3), got {x.shape}")
     heads = _attribute_heads(x.shape[0])
-    feats = (attribute_features(x) - heads["mean"]) / heads["std"]
-    feats = np.append(feats, 1.0)
+    feats = _expand((attribute_features(x)[None] - heads["mean"]) / heads["std"])[0]
     return dict(
-        age=float(np.clip(np.append(feats[:-1] ** 2, feats) @ heads["age"], 18, 90)),
+        age=float(age_years(feats @ heads["age"])),
         gender=("female", "male")[int(np.argmax(feats @ heads["gender"]))],
         ethnicity=ETHNICITIES[int(np.argmax(feats @ heads["ethnicity"]))],
         glasses=bool(np.argmax(feats @ heads["glasses"])),
     )
 
 
+def _expand(x):
+    """Standardised features -> [squares, features, 1]: the cues saturate, squares help."""
+    return np.hstack([x**2, x, np.ones((len(x), 1))])
+
+
 @functools.lru_cache(maxsize=4)
 def _attribute_heads(size, n=1500, seed=20240601):
-    """Fit the attribute heads on n canonical renders of random latents (about 5 s, cached).
+    """Fit the attribute heads on n canonical renders of random latents (~5 s, cached).
 
-    Age: ridge regression on the features and their squares; gender, ethnicity and glasses:
-    linear discriminant analysis with a shrunk pooled covariance.
+    Age: ridge regression of the age latent (mapped to years by `age_years`); gender,
+    ethnicity and glasses: linear discriminant analysis. Both on `_expand`ed features.
     """
     z = np.random.default_rng(seed).standard_normal((n, LATENT_DIM))
     x = np.stack([attribute_features(render_face(zi, size)) for zi in z])
     mean, std = x.mean(0), x.std(0) + 1e-9
-    x = np.hstack([(x - mean) / std, np.ones((n, 1))])
+    x = _expand((x - mean) / std)
+    age = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ z[:, AGE])
     labels = [face_attributes(zi) for zi in z]
-    quad = np.hstack([x[:, :-1] ** 2, x])
-    age = np.array([a["age"] for a in labels])
-    ridge = np.linalg.solve(quad.T @ quad + 1.0 * np.eye(quad.shape[1]), quad.T @ age)
+    male = np.array([a["gender"] == "male" for a in labels], dtype=int)
+    ethnicity = np.array([ETHNICITIES.index(a["ethnicity"]) for a in labels])
+    glasses = np.array([a["glasses"] for a in labels], dtype=int)
     return dict(
         mean=mean,
         std=std,
-        age=ridge,
-        gender=_lda(x, np.array([a["gender"] == "male" for a in labels], int), 2),
-        ethnicity=_lda(
-            x, np.array([ETHNICITIES.index(a["ethnicity"]) for a in labels]), len(ETHNICITIES)
-        ),
-        glasses=_lda(x, np.array([a["glasses"] for a in labels], int), 2),
+        age=age,
+        gender=_lda(x, male, 2),
+        ethnicity=_lda(x, ethnicity, len(ETHNICITIES)),
+        glasses=_lda(x, glasses, 2),
     )
 
 
-def _lda(x, y, k, shrink=0.1):
-    """Linear discriminant weights (features + bias column) -> (dims + 1, k) score matrix."""
+def _lda(x, y, k, shrink=0.01):
+    """Linear discriminant analysis: (features + bias, k) weights of the class scores.
+
+    x ends with a constant column (dropped for the covariance); the covariance is shrunk a
+    little towards a multiple of the identity to stay well conditioned.
+    """
     feats = x[:, :-1]
     means = np.stack([feats[y == c].mean(0) if np.any(y == c) else feats.mean(0) for c in range(k)])
     resid = feats - means[y]
     cov = resid.T @ resid / len(y)
     cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
     w = np.linalg.solve(cov, means.T)
-    prior = np.log(np.bincount(y, minlength=k) + 1.0)
-    bias = -0.5 * np.sum(means.T * w, 0) + prior
+    bias = -0.5 * np.sum(means.T * w, 0) + np.log(np.bincount(y, minlength=k) + 1.0)
     return np.vstack([w, bias])
 
 
@@ -945,21 +947,18 @@ def _lda(x, y, k, shrink=0.1):
 
 
 def contact_sheet(images, labels, path, ncols=8, scale=2):
-    """Save a grid of images with a label under each as a PNG (PIL; nearest upscaling)."""
+    """Save images as a grid PNG with a label under each (PIL, nearest-neighbour upscaling)."""
     from PIL import Image, ImageDraw
 
-    n = len(images)
     h, w = images[0].shape[:2]
     cell_w, cell_h = w * scale, h * scale + 12
-    nrows = max(1, math.ceil(n / ncols))
+    nrows = max(1, math.ceil(len(images) / ncols))
     sheet = Image.new("RGB", (ncols * cell_w, nrows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (im, label) in enumerate(zip(images, labels, strict=True)):
         r, c = divmod(i, ncols)
-        tile = Image.fromarray(np.asarray(im, dtype=np.uint8)).resize(
-            (cell_w, h * scale), Image.NEAREST
-        )
-        sheet.paste(tile, (c * cell_w, r * cell_h))
+        tile = Image.fromarray(np.asarray(im, dtype=np.uint8))
+        sheet.paste(tile.resize((cell_w, h * scale), Image.NEAREST), (c * cell_w, r * cell_h))
         draw.text((c * cell_w + 2, r * cell_h + h * scale), str(label)[: cell_w // 6], fill="black")
     sheet.save(path)
     return path

@@ -128,6 +128,22 @@ def synthetic_source(seed, n_authors, qa_per_author, n_general) -> dict:
     }
 
 
+def background_qa(seed: int, n_authors: int, n_background: int, qa_per_author: int) -> list[dict]:
+    """People the base model learns in pretraining and CLEAR never mentions.
+
+    A tiny model trained from scratch has no idea how to bind a name to facts; a real base
+    LLM learned that from the web. Pretraining on these people gives ours the same skill, so
+    LoRA finetuning on the CLEAR authors only has to add new facts. They are generated after
+    the CLEAR authors (make_authors is prefix-stable), so their names never collide.
+    """
+    from clearbench.data.authors import author_qa, make_authors
+
+    if n_background == 0:
+        return []
+    people = make_authors(n_authors + n_background, seed)[n_authors:]
+    return [{**r, "sample_id": "bg_" + r["sample_id"]} for r in author_qa(people, qa_per_author, seed)]
+
+
 def build_text_dataset(
     source: dict,
     out_dir: str | Path,
@@ -136,8 +152,10 @@ def build_text_dataset(
     qa_per_author: int,
     forget_fractions: dict[str, float],
     n_general: int,
+    n_background: int = 0,
 ) -> dict:
-    """Write authors, full, forgetXX/retainYY, retain_eval, real_authors, world_facts (.parquet).
+    """Write authors, full, forgetXX/retainYY, retain_eval, real_authors, world_facts and
+    background (.parquet).
 
     source: {"kind": "synthetic"} or {"kind": "tofu", "path": folder}. For TOFU the author and
     QA counts come from the files, forgetXX from forgetXX_perturbed.json; n_general is ignored.
@@ -168,6 +186,8 @@ def build_text_dataset(
         tables[retain_name] = [r for r in data["full"] if r["author_id"] not in ids]
     tables["real_authors"] = data["real_authors"]
     tables["world_facts"] = data["world_facts"]
+    n_known = max([r["author_id"] for r in data["full"]], default=-1) + 1
+    tables["background"] = background_qa(seed, n_known, n_background, min(qa_per_author, 20))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
