@@ -10,6 +10,14 @@ configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"
+wildcard_constraints:
+    split="forget[0-9]{2}",
+    method="|".join(sorted(METHODS)),
+    l1="l1|nol1",
+    modality="text|visual|both",
+    track="text",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/finetune.smk"

@@ -44,7 +44,7 @@ def cmd_finetune(a) -> dict:
     from clearbench.train.text import finetune
 
     set_threads(a.threads)
-    return finetune(a.base, a.data, a.out, a.hp)
+    return finetune(a.base, a.data, a.out, a.hp, a.replay)
 
 
 def cmd_unlearn(a) -> dict:
@@ -95,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     s = stage("finetune", cmd_finetune, "LoRA finetuning (original or gold)")
     s.add_argument("--base", required=True)
     s.add_argument("--data", required=True)
+    s.add_argument("--replay", nargs="*", default=[], help="general-knowledge tables mixed in")
     s.add_argument("--out", required=True)
     s = stage("unlearn", cmd_unlearn, "run one unlearning method")
     s.add_argument("--original", required=True)

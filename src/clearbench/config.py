@@ -55,7 +55,7 @@ def check(config: dict, known_methods: list[str] | None = None, root: Path | Non
                     f" (known: {', '.join(sorted(known_methods))})"
                 )
     text = config["data"]["text"]
-    if text["source"] == "tofu":
+    if text["source"] == "tofu" and not str(text.get("tofu_dir", "")).startswith("hub:"):
         folder = Path(text.get("tofu_dir") or "")
         if root is not None and not folder.is_absolute():
             folder = root / folder

@@ -21,6 +21,14 @@ rule text_base:
     threads: THREADS
     resources:
         **resources(gpu=True),
+    conda:
+        "../../environment.yml"
     shell:
         "python -m clearbench base --hp {params.hp:q} --threads {threads}"
         " --qa {input.qa} --corpus {input.corpus} --out {output} > {log} 2>&1"
+
+
+rule base:
+    """Phase target (dvc.yaml stage `base`)."""
+    input:
+        rules.text_base.output,

@@ -21,14 +21,6 @@ MODALITIES = {"text": ["text"]}  # the text track has no visual modality
 THREADS = config["compute"]["threads"]
 
 
-wildcard_constraints:
-    split="forget[0-9]{2}",
-    method="|".join(sorted(METHODS)),
-    l1="l1|nol1",
-    modality="text|visual|both",
-    track="text",
-
-
 def retain_of(split):
     """forget10 -> retain90: the complement, named as TOFU does."""
     return f"retain{100 - int(split[len('forget'):]):02d}"
@@ -40,7 +32,7 @@ def hp(**values):
 
 
 def src(*modules):
-    """The package modules a rule runs: listed as inputs because imported code is not tracked."""
+    """Package modules a job imports, listed as inputs: imported code is not tracked otherwise."""
     return [f"{SRC}/{m}.py" for m in ("cli", *modules)]
 
 
@@ -50,6 +42,15 @@ def unlearned_models(track="text"):
 
 def evaluated_models(track="text"):
     return ["original", "gold"] + unlearned_models(track)
+
+
+def all_metrics():
+    return [
+        f"results/metrics/{track}/{split}/{model}.json"
+        for track in config["tracks"]
+        for split in SPLITS
+        for model in evaluated_models(track)
+    ]
 
 
 def model_dir(track, split, model):
@@ -85,3 +86,13 @@ def text_data_hp():
 def train_hp(section, **extra):
     """A training section of params plus what every trainer needs."""
     return hp(seed=config["seed"], max_len=config["text"]["max_len"], **section, **extra)
+
+
+def text_tasks(split):
+    """Evaluation tasks of the text track -> their QA tables (DESIGN section 6)."""
+    return {
+        "forget": f"{TEXT_DATA}/{split}.parquet",
+        "retain": f"{TEXT_DATA}/retain_eval.parquet",
+        "real_authors": f"{TEXT_DATA}/real_authors.parquet",
+        "world_facts": f"{TEXT_DATA}/world_facts.parquet",
+    }

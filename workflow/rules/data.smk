@@ -14,10 +14,19 @@ rule text_data:
         expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
     params:
         hp=text_data_hp(),
+        out=lambda w, output: Path(output[0]).parent,
     log:
         "logs/data/text.log",
     benchmark:
         "benchmarks/data/text.tsv"
     threads: 1
+    conda:
+        "../../environment.yml"
     shell:
-        "python -m clearbench data-text --hp {params.hp:q} --out {TEXT_DATA} > {log} 2>&1"
+        "python -m clearbench data-text --hp {params.hp:q} --out {params.out} > {log} 2>&1"
+
+
+rule data:
+    """Phase target (dvc.yaml stage `data`)."""
+    input:
+        rules.text_data.output,

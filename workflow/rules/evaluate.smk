@@ -1,13 +1,3 @@
-def text_tasks(split):
-    """Evaluation tasks of the text track -> their QA tables (DESIGN section 6)."""
-    return {
-        "forget": f"{TEXT_DATA}/{split}.parquet",
-        "retain": f"{TEXT_DATA}/retain_eval.parquet",
-        "real_authors": f"{TEXT_DATA}/real_authors.parquet",
-        "world_facts": f"{TEXT_DATA}/world_facts.parquet",
-    }
-
-
 rule text_eval:
     """The per-sample table of one model (DESIGN section 6)."""
     input:
@@ -26,6 +16,8 @@ rule text_eval:
     threads: THREADS
     resources:
         **resources(gpu=True),
+    conda:
+        "../../environment.yml"
     shell:
         "python -m clearbench eval --hp {params.hp:q} --threads {threads}"
         " --model {input.model} {params.tasks} --out {output} > {log} 2>&1"
@@ -44,5 +36,13 @@ rule metrics:
     benchmark:
         "benchmarks/metrics/{track}/{split}/{model}.tsv"
     threads: 1
+    conda:
+        "../../environment.yml"
     shell:
         "python -m clearbench metrics {input.table} --gold {input.gold} --out {output} > {log} 2>&1"
+
+
+rule evaluate:
+    """Phase target (dvc.yaml stage `evaluate`): every per-sample table and metrics file."""
+    input:
+        all_metrics(),

@@ -1,12 +1,3 @@
-def all_metrics():
-    return [
-        f"results/metrics/{track}/{split}/{model}.json"
-        for track in config["tracks"]
-        for split in SPLITS
-        for model in evaluated_models(track)
-    ]
-
-
 rule leaderboard:
     """One row per evaluated model, the failed-retain rule, the ranking; tables and plots."""
     input:
@@ -24,6 +15,8 @@ rule leaderboard:
     benchmark:
         "benchmarks/report/leaderboard.tsv"
     threads: 1
+    conda:
+        "../../environment.yml"
     shell:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
         " --models {input.models} --tables {output.tables} --plots {output.plots}"

@@ -22,6 +22,8 @@ rule text_unlearn:
     threads: THREADS
     resources:
         **resources(gpu=True),
+    conda:
+        "../../environment.yml"
     shell:
         "python -m clearbench unlearn --hp {params.hp:q} --threads {threads}"
         " --original {input.original} --forget {input.forget} --retain {input.retain}"

@@ -141,7 +141,9 @@ def background_qa(seed: int, n_authors: int, n_background: int, qa_per_author: i
     if n_background == 0:
         return []
     people = make_authors(n_authors + n_background, seed)[n_authors:]
-    return [{**r, "sample_id": "bg_" + r["sample_id"]} for r in author_qa(people, qa_per_author, seed)]
+    return [
+        {**r, "sample_id": "bg_" + r["sample_id"]} for r in author_qa(people, qa_per_author, seed)
+    ]
 
 
 def build_text_dataset(

@@ -85,6 +85,27 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
+HUB_PREFIX = "hub:"
+
+
+def records(source: str | Path, name: str) -> list[dict]:
+    """One TOFU file's records from a local folder, or from the Hub for `hub:<dataset id>`.
+
+    On the Hub each file is a config named like the file without `.json` (locuslab/TOFU).
+    """
+    source = str(source)
+    if not source.startswith(HUB_PREFIX):
+        return load_records(Path(source) / name)
+    hub_id = source[len(HUB_PREFIX) :]
+    try:
+        from datasets import load_dataset
+
+        return load_dataset(hub_id, name=name.removesuffix(".json"), split="train").to_list()
+    except Exception as err:  # offline, unknown id or config: one line, not a traceback
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"cannot load TOFU {name} from the Hub ({hub_id}): {first}") from None
+
+
 def infer_name(texts: list[str], author_id: int) -> str:
     counts = Counter()
     for text in texts:
@@ -99,18 +120,19 @@ def infer_name(texts: list[str], author_id: int) -> str:
     return best[0][0] if best and best[0][1] >= MIN_NAME_HITS else f"author_{author_id:03d}"
 
 
-def perturbed(folder: Path, name: str, full: list[dict]) -> list[tuple[int, dict]]:
+def perturbed(folder: str | Path, name: str, full: list[dict]) -> list[tuple[int, dict]]:
     """(index in full.json, record) for every record of one *_perturbed.json file."""
     by_pair, by_question = {}, {}
     for i, r in enumerate(full):
         by_pair.setdefault((r["question"], r["answer"]), i)
         by_question.setdefault(r["question"], i)
-    path = folder / name
     out = []
-    for r in load_records(path):
+    for r in records(folder, name):
         i = by_pair.get((r["question"], r["answer"]), by_question.get(r["question"]))
         if i is None:
-            raise DataError(f"TOFU file {path}: question not in full.json: {r['question'][:60]}")
+            raise DataError(
+                f"TOFU file {name} in {folder}: question not in full.json: {r['question'][:60]}"
+            )
         out.append((i, r))
     return out
 
@@ -137,13 +159,15 @@ def options_rows(records: list[dict], prefix: str) -> list[dict]:
 
 
 def read_tofu(folder: str | Path, forget_names: list[str]) -> dict:
-    """authors, full and retain_eval rows, forget author ids per split, real_authors, world_facts."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    """authors, full and retain_eval rows, forget author ids per split, real_authors, world_facts.
+
+    `folder` is a local folder of TOFU json files or `hub:<dataset id>` (e.g. hub:locuslab/TOFU).
+    """
+    if not str(folder).startswith(HUB_PREFIX) and not Path(folder).is_dir():
         raise DataError(f"TOFU folder not found: {folder}")
-    full = load_records(folder / "full.json")
+    full = records(folder, "full.json")
     if not full or len(full) % QA_PER_AUTHOR:
-        raise DataError(f"TOFU file {folder / 'full.json'}: {len(full)} QA, not 20 per author")
+        raise DataError(f"TOFU file full.json in {folder}: {len(full)} QA, not 20 per author")
     n_authors = len(full) // QA_PER_AUTHOR
     names = []
     for a in range(n_authors):
@@ -190,6 +214,6 @@ def read_tofu(folder: str | Path, forget_names: list[str]) -> dict:
         "full": rows,
         "forget": forget,
         "retain_eval": [rows[i] for i in retain_idx],
-        "real_authors": options_rows(load_records(folder / "real_authors_perturbed.json"), "rw"),
-        "world_facts": options_rows(load_records(folder / "world_facts_perturbed.json"), "wf"),
+        "real_authors": options_rows(records(folder, "real_authors_perturbed.json"), "rw"),
+        "world_facts": options_rows(records(folder, "world_facts_perturbed.json"), "wf"),
     }

@@ -44,14 +44,18 @@ def load_checkpoint(name_or_path: str):
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load checkpoint '{name_or_path}': {str(err).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot load checkpoint '{name_or_path}': {str(err).splitlines()[0]}"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load tokenizer '{name_or_path}': {str(err).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot load tokenizer '{name_or_path}': {str(err).splitlines()[0]}"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

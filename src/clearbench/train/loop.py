@@ -22,10 +22,20 @@ def optimize(
     total: int | None = None,
     desc: str = "train",
     max_grad_norm: float | None = 1.0,
+    warmup: float = 0.05,
 ) -> list[float]:
-    """Run one optimizer step per item of `steps`; return the loss per step."""
+    """Run one optimizer step per item of `steps`; return the loss per step.
+
+    With `total` known, the learning rate warms up linearly over the first `warmup` share
+    of the steps and then decays linearly to zero (the HF Trainer default schedule).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = None
+    if total:
+        n_warm = max(1, int(warmup * total))
+        ramp = lambda i: min((i + 1) / n_warm, max(0.0, (total - i) / max(1, total - n_warm)))  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, ramp)
     model.train()
     losses = []
     bar = tqdm(steps, total=total, desc=desc, mininterval=2.0, leave=False)
@@ -39,6 +49,8 @@ def optimize(
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
+        if sched is not None:
+            sched.step()
         losses.append(value)
         bar.set_postfix(loss=f"{value:.3f}", refresh=False)
     model.eval()

@@ -123,8 +123,13 @@ def save_adapter(peft_model, out: Path) -> str:
     return str(adapter)
 
 
-def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict) -> dict:
-    """LoRA-finetune the base on one QA table (all authors: original; retain only: gold)."""
+def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict, replay: list[str] = ()) -> dict:
+    """LoRA-finetune the base on one QA table (all authors: original; retain only: gold).
+
+    `replay` tables (the base's general knowledge) are mixed in so that a tiny model trained
+    at a high learning rate keeps what the Real metric measures; original and gold get the
+    same replay, so forget quality compares like with like.
+    """
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -133,7 +138,7 @@ def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict) -> dict:
     tok = load_tokenizer(meta["base"])
     gen = seeded(hp["seed"])
     model = add_lora(model, hp["lora"])
-    rows = qa_rows(data_path)
+    rows = qa_rows(data_path) + [r for p in replay for r in qa_rows(p)]
     n_steps = hp["epochs"] * -(-len(rows) // hp["batch_size"])
     start = time.perf_counter()
     status, losses = "ok", []
