@@ -6,7 +6,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "params.yaml"
+# anchored to the workflow, so `--directory elsewhere` still reads this project's parameters
+configfile: f"{workflow.basedir}/params.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ except ConfigError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)
 
-SRC = "src/clearbench"
+# code lives with the workflow, data in the working directory (usually the same folder)
+SRC = os.path.normpath(os.path.join(os.path.relpath(workflow.basedir), "src", "clearbench"))
 SPLITS = config["data"]["splits"]
 FRACTIONS = config["data"]["forget_fractions"]
 METHOD_NAMES = config["unlearn"]["methods"]

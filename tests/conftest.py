@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny text dataset and a tiny trained base model, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOFU_DIR = Path(os.environ.get("CLEARBENCH_TOFU_DIR", ROOT.parent / "shared" / "data" / "tofu"))
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory) -> Path:
+    from clearbench.data.text import build_text_dataset
+
+    out = tmp_path_factory.mktemp("text")
+    build_text_dataset(
+        source={"kind": "synthetic"},
+        out_dir=out,
+        seed=0,
+        n_authors=6,
+        qa_per_author=4,
+        forget_fractions={"forget10": 0.1, "forget05": 0.05},
+        n_general=6,
+        n_background=2,
+    )
+    return out
+
+
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "max_position_embeddings": 96,
+    "tie_word_embeddings": True,
+}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(scope="session")
+def base_dir(text_data, tmp_path_factory) -> Path:
+    from clearbench.train.text import pretrain_base
+
+    out = tmp_path_factory.mktemp("models") / "base"
+    tables = [text_data / f"{t}.parquet" for t in ("real_authors", "world_facts")]
+    pretrain_base(
+        [str(p) for p in tables],
+        [str(text_data / "full.parquet"), *map(str, tables)],
+        str(out),
+        {"model": {"config": TINY}, "vocab_size": 300, "seed": 0, "max_len": 64,
+         "epochs": 2, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 8},
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def original_dir(base_dir, text_data) -> Path:
+    """LoRA-finetuned hard on every author so unlearning has something to remove."""
+    from clearbench.train.text import finetune
+
+    out = base_dir.parent / "original"
+    hp = {"seed": 0, "max_len": 64, "epochs": 40, "lr": 1e-2, "weight_decay": 0.0,
+          "batch_size": 8, "lora": LORA}  # fmt: skip
+    finetune(str(base_dir), str(text_data / "full.parquet"), str(out), hp)
+    return out

@@ -1,0 +1,92 @@
+"""Bad parameters stop before any job runs, with one line naming the key or path."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clearbench.config import ConfigError, check
+from clearbench.unlearn.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value):
+    config = copy.deepcopy(PARAMS)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return config
+
+
+def test_shipped_profiles_are_valid():
+    check(PARAMS, list(METHODS), ROOT)
+    for overlay in (ROOT / "config").glob("*.yaml"):
+        merged = copy.deepcopy(PARAMS)
+        _merge(merged, yaml.safe_load(overlay.read_text()))
+        if overlay.stem == "tofu" and not (ROOT / merged["data"]["text"]["tofu_dir"]).is_dir():
+            continue  # the TOFU files are not on this machine
+        check(merged, list(METHODS), ROOT)
+
+
+def _merge(base, overlay):
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        ("text.finetune.lr", "fast", "text.finetune.lr: 'fast' is not of type 'number'"),
+        ("data.text.n_authors", -3, "data.text.n_authors: -3 is less than the minimum"),
+        ("eval.max_new_tokens", 0, "eval.max_new_tokens"),
+        ("unlearn.methods", ["ga", "bogus"], "unknown method 'bogus'"),
+        ("data.splits", ["forget33"], "'forget33' is not a key of data.forget_fractions"),
+        ("text.model", {"config": {"hidden_size": 8}}, "text.model.config"),
+        ("seed", 1.5, "seed: 1.5 is not of type 'integer'"),
+    ],
+)
+def test_bad_value_names_the_key(path, value, needle):
+    with pytest.raises(ConfigError) as err:
+        check(with_change(path, value), list(METHODS), ROOT)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_key_is_rejected():
+    config = with_change("eval.max_sample", 3)  # typo of max_samples
+    with pytest.raises(ConfigError, match="max_sample"):
+        check(config, list(METHODS), ROOT)
+
+
+def test_missing_tofu_folder_names_the_path(tmp_path):
+    config = with_change("data.text", {**PARAMS["data"]["text"], "source": "tofu",
+                                       "tofu_dir": str(tmp_path / "nope")})  # fmt: skip
+    with pytest.raises(ConfigError, match=f"TOFU folder not found: {tmp_path / 'nope'}"):
+        check(config, list(METHODS), ROOT)
+
+
+def test_snakemake_stops_before_any_job(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("unlearn:\n  methods: [ga, bogus]\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
+         "-d", str(tmp_path), "--configfile", str(overlay)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        "error: params error at unlearn.methods: unknown method 'bogus' (known: ga, gd, retain_ft)"
+    ]
+    assert "Traceback" not in run.stdout + run.stderr
+    assert "Job stats" not in run.stdout
