@@ -1,9 +1,16 @@
 # clearbench: the CLEAR unlearning benchmark as one DAG.
 #   snakemake --cores 2 results/leaderboard.csv                       (default profile)
 #   snakemake --cores 2 --configfile config/smoke.yaml results/leaderboard.csv
+import os
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# jobs call `python -m clearbench`: make that the interpreter running Snakemake (e.g. .venv's),
+# even when the environment was not activated
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 # anchored to the workflow, so `--directory elsewhere` still reads this project's parameters

@@ -18,7 +18,7 @@ rule text_base:
         "logs/text/base.log",
     benchmark:
         "benchmarks/text/base.tsv"
-    threads: THREADS
+    threads: SOLO_THREADS
     resources:
         **resources(gpu=True),
     conda:

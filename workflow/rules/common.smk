@@ -21,6 +21,8 @@ METHOD_NAMES = config["unlearn"]["methods"]
 L1_TAGS = ["l1" if on else "nol1" for on in config["unlearn"]["l1"]]
 MODALITIES = {"text": ["text"]}  # the text track has no visual modality
 THREADS = config["compute"]["threads"]
+# base pretraining runs alone in the DAG: let it use every core it is given (capped on clusters)
+SOLO_THREADS = max(THREADS, min(workflow.cores or 1, 8))
 
 
 def retain_of(split):

@@ -200,15 +200,18 @@ def setting_sentences(s: Setting) -> str:
     return out + f" The photo has {era_phrase(s)}. {first} is shown in a natural pose."
 
 
-def caption(s: Setting, pose: dict) -> str:
-    """One sentence about the chosen candidate: who, doing what, where, with what."""
-    if pose["yaw"] < -0.35:
+def caption(s: Setting, pose: dict | None = None) -> str:
+    """One sentence about the chosen candidate: who, doing what (if the pose is known), where,
+    with what."""
+    if pose is None:
+        look = "is pictured"
+    elif pose["yaw"] < -0.35:
         look = "looks to the left"
     elif pose["yaw"] > 0.35:
         look = "looks to the right"
     else:
         look = "looks at the camera"
-    act = f"smiles and {look}" if pose["smile"] > 0.45 else look
+    act = f"smiles and {look}" if pose and pose["smile"] > 0.45 else look
     out = f"{s.words['name']} {act} {place_phrase(s)}"
     props = prop_phrases(s)
     if props:
