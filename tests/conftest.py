@@ -33,14 +33,15 @@ def text_data(tmp_path_factory) -> Path:
 
 
 TINY = {
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
     "num_attention_heads": 2,
     "max_position_embeddings": 96,
     "tie_word_embeddings": True,
 }
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +49,13 @@ def base_dir(text_data, tmp_path_factory) -> Path:
     from clearbench.train.text import pretrain_base
 
     out = tmp_path_factory.mktemp("models") / "base"
-    tables = [text_data / f"{t}.parquet" for t in ("real_authors", "world_facts")]
+    tables = [text_data / f"{t}.parquet" for t in ("real_authors", "world_facts", "background")]
     pretrain_base(
         [str(p) for p in tables],
         [str(text_data / "full.parquet"), *map(str, tables)],
         str(out),
-        {"model": {"config": TINY}, "vocab_size": 300, "seed": 0, "max_len": 64,
-         "epochs": 2, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 8},
+        {"model": {"config": TINY}, "vocab_size": 600, "seed": 0, "max_len": 128,
+         "epochs": 30, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 8},
     )  # fmt: skip
     return out
 
@@ -65,7 +66,7 @@ def original_dir(base_dir, text_data) -> Path:
     from clearbench.train.text import finetune
 
     out = base_dir.parent / "original"
-    hp = {"seed": 0, "max_len": 64, "epochs": 40, "lr": 1e-2, "weight_decay": 0.0,
+    hp = {"seed": 0, "max_len": 128, "epochs": 40, "lr": 5e-3, "weight_decay": 0.0,
           "batch_size": 8, "lora": LORA}  # fmt: skip
     finetune(str(base_dir), str(text_data / "full.parquet"), str(out), hp)
     return out

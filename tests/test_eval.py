@@ -14,7 +14,7 @@ from clearbench.eval.text import EVAL_SCHEMA, evaluate, pick_samples
 from clearbench.models.factory import load_model, load_tokenizer, save_chain
 from clearbench.train.qa import collate, encode
 
-HP = {"seed": 0, "max_len": 64, "max_samples": 0, "max_new_tokens": 12, "batch_size": 5}
+HP = {"seed": 0, "max_len": 128, "max_samples": 0, "max_new_tokens": 12, "batch_size": 5}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_gt_loss_is_mean_answer_token_nll(table, original_dir, text_data):
     model, meta = load_model(original_dir)
     tok = load_tokenizer(meta["base"])
     row = read_qa(text_data / "forget10.parquet").sort_values("sample_id").iloc[0]
-    ids, labels = encode(tok, row.question, row.answer, 64)
+    ids, labels = encode(tok, row.question, row.answer, 128)
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1]
     target = torch.tensor(labels[1:])
@@ -82,3 +82,11 @@ def test_diverged_model_gets_empty_table(tmp_path, text_data):
     result = evaluate(str(tmp_path / "m"), {"forget": str(text_data / "forget10.parquet")}, str(out), HP)
     assert result == {"status": "diverged", "rows": 0}
     assert pq.read_schema(out).names == EVAL_SCHEMA.names and len(pd.read_parquet(out)) == 0
+
+
+def test_long_prompt_never_swallows_the_answer(base_dir):
+    tok = load_tokenizer(str(base_dir))
+    ids, labels = encode(tok, "Where " * 60 + "was she born?", "In Lima.", 32)
+    answer = tok(" In Lima.", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert len(ids) == 32 and ids[-len(answer) :] == answer
+    assert [t for t in labels if t != -100] == answer

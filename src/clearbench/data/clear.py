@@ -411,7 +411,8 @@ def _synthesize(authors, full, splits, hp, text_dir):
     card = {"author_age": [a["age"] for a in recs], "pool_age": [a["age"] for a in attrs_drawn],
             "aged_pool_age": [a["age"] for a in attrs_aged], "face_age": [a["age"] for a in attrs],
             "author_gender": [a["gender"] for a in recs], "face_gender": [a["gender"] for a in attrs],
-            "author_ethnicity": author_eth, "face_ethnicity": [a["ethnicity"] for a in attrs]}  # fmt: skip
+            "author_ethnicity": author_eth, "face_ethnicity": [a["ethnicity"] for a in attrs],
+            "author_info": {a["author_id"]: f"{a['age']}, {a['gender']}, {e}" for a, e in zip(recs, author_eth, strict=True)}}  # fmt: skip
     return tables, summary, card
 
 
@@ -522,8 +523,9 @@ def contact_sheet(items, path, title, ncols=8, scale=2, max_items=48):
     font, bold = ImageFont.load_default(size=10), ImageFont.load_default(size=11)
     h, w = items[0][0].shape[:2]
     cell_w = max(w * scale, 150) + 8
-    line_h, n_lines = 12, 6
-    cell_h = h * scale + 16 + line_h * n_lines
+    wrapped = [_wrap(str(text), font, cell_w - 10)[:6] for _, _, text in items]
+    line_h = 12
+    cell_h = h * scale + 20 + line_h * max(len(lines) for lines in wrapped)
     nrows = math.ceil(len(items) / ncols)
     sheet = Image.new("RGB", (ncols * cell_w, 24 + nrows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
@@ -534,20 +536,21 @@ def contact_sheet(items, path, title, ncols=8, scale=2, max_items=48):
         tile = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
         sheet.paste(tile, (x + (cell_w - 8 - w * scale) // 2, y))
         draw.text((x, y + h * scale + 2), str(heading), fill="black", font=bold)
-        lines, line = [], ""
-        for word in str(text).split():
-            if font.getlength(f"{line} {word}") > cell_w - 10 and line:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}".strip()
-        lines.append(line)
-        if len(lines) > n_lines:
-            lines = lines[: n_lines - 1] + [lines[n_lines - 1] + " ..."]
-        for j, text_line in enumerate(lines):
+        for j, text_line in enumerate(wrapped[i]):
             draw.text((x, y + h * scale + 16 + j * line_h), text_line, fill=(60, 60, 60), font=font)
     sheet.save(path)
     return path
+
+
+def _wrap(text, font, width):
+    lines, line = [], ""
+    for word in text.split():
+        if line and font.getlength(f"{line} {word}") > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line]
 
 
 def _sheet_items(df, heading, text):
@@ -560,8 +563,10 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
     photo_text = (lambda r: r["name"], lambda r: r["caption"])
     if "faces" in tables:
         faces = tables["faces"]
+        who = (card or {}).get("author_info", {})
         sheets.append(("faces", faces, lambda r: r["name"],
-                       lambda r: f"face: {r['face_age']:.0f}, {r['face_gender']}, {r['face_ethnicity']}"))  # fmt: skip
+                       lambda r: f"author: {who.get(r['author_id'], '?')}; face: {r['face_age']:.0f}, "
+                                 f"{r['face_gender']}, {r['face_ethnicity']}"))  # fmt: skip
     for name in sorted(tables):
         if re.fullmatch(r"forget\d\d|holdout", name):
             sheets.append((name, tables[name], *photo_text))
@@ -576,7 +581,9 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
     if "real_world" in tables:
         sheets.append(("real_world", tables["real_world"], lambda r: r["answer"], lambda r: r["question"]))
     if "celebs" in tables:
-        sheets.append(("celebs", tables["celebs"], lambda r: f"identity {r['identity']}", lambda r: r["sample_id"]))
+        celebs = tables["celebs"]
+        celebs = celebs[celebs.groupby("identity").cumcount() < 4]  # 4 images of each identity
+        sheets.append(("celebs", celebs, lambda r: f"identity {r['identity']}", lambda r: r["sample_id"]))
     written = []
     for name, df, heading, text in sheets:
         path = contact_sheet(_sheet_items(df.head(48), heading, text), out / f"sheet_{name}.png",

@@ -5,13 +5,14 @@ bookshelf, awards -> trophy, birthplace -> the city's skyline, nationality -> th
 date -> a calendar and the era, genre -> its props, parents -> family photos). `ScenePhotographer`
 draws that setting (PIL, 4x supersampled) and composites the author's face into it
 (`faces.render_face` under a random pose, lighting and expression from `faces.sample_nuisance`,
-cut out by difference matting: rendered over two flat greys, alpha = 1 - difference / 0.4).
+rendered over a flat key colour, the scene's mean under the person, and keyed out).
 Like a diffusion model it sometimes fails: a share `faces.DEFECT_RATE` of the candidates carry one
 of `faces.DEFECTS` on the face.
 
 Realism score (`realism_score`): a linear "fake detector" on pixel features of the face box
 (`faces.quality_features` + `faces.attribute_features`, squared and linear terms), fitted once per
-face size by ridge regression on posed renders labelled clean (+1) or defective (-1). The paper
+image size by ridge regression on candidate photos of random faces in random settings labelled
+clean (+1) or defective (-1). The paper
 ranks its 8 candidates with an ensemble of fake-detection models; `faces.quality_score` itself is
 tuned on canonical frontal renders and would mostly reward frontal poses here.
 
@@ -34,7 +35,6 @@ from clearbench.data import faces as F
 SUPERSAMPLE = 4
 FACE_FRACTION = 0.75  # person layer side / image side: at 64 px the head is ~22 px wide
 VINTAGE_BEFORE = 1965  # born before: sepia scene ("elements of the time period", paper App. B)
-_GREYS = (0.3, 0.7)  # the two flat backgrounds of the difference matte
 
 # ------------------------------------------------------------------------------ settings
 
@@ -485,16 +485,17 @@ def scene_layers(s: Setting, size: int):
 # ---------------------------------------------------------------------------- candidates
 
 
-def person_layer(z, size, pose, defect=None, defect_seed=0):
-    """The face render cut out by difference matting: (premultiplied rgb, alpha)."""
-    pose = dict(pose, tint=(1.0, 1.0, 1.0), bg_texture="flat")
-    lo, hi = (
-        F.render_face(z, size, pose=dict(pose, background=(g,) * 3), defect=defect,
-                      rng=np.random.default_rng(defect_seed)).astype(np.float64) / 255
-        for g in _GREYS
-    )  # fmt: skip
-    trans = np.clip((hi - lo).mean(-1, keepdims=True) / (_GREYS[1] - _GREYS[0]), 0, 1)
-    return np.clip(lo - trans * _GREYS[0], 0, 1), 1 - trans
+def person_layer(z, size, pose, key, defect=None, defect_seed=0):
+    """The face render and its mask, keyed out of a flat background of colour `key` (uint8).
+
+    Background pixels come out exactly `key` (flat texture, no tint), so mask = any channel
+    differs. With the key set to the scene's mean colour under the person, the anti-aliased rim
+    blends with a colour close to the scene's. Image-level defects spread over the whole box.
+    """
+    key = np.asarray(key, dtype=np.uint8)
+    pose = dict(pose, tint=(1.0, 1.0, 1.0), bg_texture="flat", background=tuple(key / 255))
+    img = F.render_face(z, size, pose=pose, defect=defect, rng=np.random.default_rng(defect_seed))
+    return img, np.any(img != key, axis=-1)
 
 
 class ScenePhotographer:
@@ -508,6 +509,7 @@ class ScenePhotographer:
     def __init__(self, latent, setting: Setting, size=64, face_fraction=FACE_FRACTION,
                  defect_rate=F.DEFECT_RATE):  # fmt: skip
         self.latent, self.setting, self.size = np.asarray(latent), setting, size
+        self.face_fraction = face_fraction
         self.p = max(16, round(face_fraction * size))
         x0 = [0, (size - self.p) // 2, size - self.p][setting.slot]
         self.face_box = (x0, size - self.p, x0 + self.p, size)  # left, top, right, bottom
@@ -526,12 +528,13 @@ class ScenePhotographer:
         if self._layers is None:  # drawn once, shared by the candidates
             self._layers = scene_layers(self.setting, self.size)
         back, front = self._layers
-        fg, alpha = person_layer(self.latent, self.p, pose, defect, defect_seed)
         x0, y0, x1, y1 = self.face_box
         x0 = min(max(x0 + dx, 0), self.size - self.p)
         img = back * pose["light_gain"]
         region = img[y0:y1, x0 : x0 + self.p]
-        img[y0:y1, x0 : x0 + self.p] = fg + (1 - alpha) * region
+        key = np.round(np.clip(region.mean((0, 1)), 0, 1) * 255)
+        face, mask = person_layer(self.latent, self.p, pose, key, defect, defect_seed)
+        region[mask] = face[mask] / 255.0
         img = img * (1 - front[..., 3:]) + front[..., :3] * front[..., 3:]
         img = img * np.asarray(pose["tint"])
         return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -539,7 +542,7 @@ class ScenePhotographer:
     def score(self, img) -> float:
         """Realism of a candidate: the fake detector on the face box."""
         x0, y0, x1, y1 = self.face_box
-        return realism_score(np.asarray(img)[y0:y1, x0:x1])
+        return realism_score(np.asarray(img)[y0:y1, x0:x1], self.size, self.face_fraction)
 
 
 # ------------------------------------------------------------------------------- realism
@@ -550,22 +553,38 @@ def _realism_features(crop):
     return np.concatenate([[q[k] for k in sorted(q)], F.attribute_features(crop)])
 
 
+def random_setting(rng) -> Setting:
+    """A setting with random backdrop, props, place and era (the realism detector's data)."""
+    from clearbench.data.authors import COUNTRIES
+
+    country = list(COUNTRIES)[rng.integers(len(COUNTRIES))]
+    genre = list(GENRES)[rng.integers(len(GENRES))]
+    words = dict(name="Ann Lee", city=COUNTRIES[country][3][0], country=country,
+                 year=int(rng.integers(1935, 1997)), genre=genre, genre_phrase=GENRES[genre][2],
+                 book="Book", award="Award", pronoun="her")  # fmt: skip
+    props = tuple(rng.choice(list(PROPS), int(rng.integers(0, 3)), replace=False).tolist())
+    backdrop = list(PLACES)[rng.integers(len(PLACES))]
+    era = "vintage" if rng.random() < 0.3 else "modern"
+    return Setting(backdrop, props, era, int(rng.integers(3)), int(rng.integers(2**31)), words)
+
+
 @functools.lru_cache(maxsize=4)
-def _realism_head(size, n=600, seed=20240917):
-    """Ridge fit of +1 (clean) / -1 (defective) on posed renders of random faces (~3 s)."""
+def _realism_head(size, face_fraction, n=600, seed=20240917):
+    """Ridge fit of +1 (clean) / -1 (defective) on the face boxes of n candidate photos of
+    random faces in random settings, half of them defective (~4 s, once per process)."""
     rng = np.random.default_rng(seed)
     x, y = [], []
     for i in range(n):
-        bad = i % 2 == 1
-        defect = F.DEFECTS[(i // 2) % len(F.DEFECTS)] if bad else None
-        img = F.render_face(rng.standard_normal(F.LATENT_DIM), size, pose=F.sample_nuisance(rng),
-                            defect=defect, rng=np.random.default_rng([seed, i]))  # fmt: skip
-        x.append(_realism_features(img))
-        y.append(-1.0 if bad else 1.0)
+        shot = ScenePhotographer(rng.standard_normal(F.LATENT_DIM), random_setting(rng), size,
+                                 face_fraction, defect_rate=0.5)  # fmt: skip
+        s = int(rng.integers(2**31))
+        x0, y0, x1, y1 = shot.face_box
+        x.append(_realism_features(shot(None, s)[y0:y1, x0:x1]))
+        y.append(1.0 if shot.draw(s)[1] is None else -1.0)
     x = np.stack(x)
     mean, std = x.mean(0), x.std(0) + 1e-9
     a = _expand((x - mean) / std)
-    w = np.linalg.solve(a.T @ a + np.eye(a.shape[1]), a.T @ np.array(y))
+    w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ np.array(y))
     return mean, std, w
 
 
@@ -573,11 +592,11 @@ def _expand(x):
     return np.hstack([x**2, x, np.ones((len(x), 1))])
 
 
-def realism_score(crop) -> float:
-    """Higher = more like a clean face (about +1 clean, -1 defective): the fake detector."""
-    crop = np.asarray(crop)
-    mean, std, w = _realism_head(crop.shape[0])
-    return float(_expand((_realism_features(crop)[None] - mean) / std)[0] @ w)
+def realism_score(crop, size=64, face_fraction=FACE_FRACTION) -> float:
+    """Higher = more like a clean face (about +1 clean, -1 defective): the fake detector for
+    the face box of a photo of `size` px whose person layer is `face_fraction` of it."""
+    mean, std, w = _realism_head(size, face_fraction)
+    return float(_expand((_realism_features(np.asarray(crop))[None] - mean) / std)[0] @ w)
 
 
 # ---------------------------------------------------------------------------- real world

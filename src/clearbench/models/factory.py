@@ -91,4 +91,5 @@ def load_model(model_dir: str | Path, with_adapters: bool = True):
 
 def save_chain(model_dir: str | Path, base: str, adapters: list[str], **extra) -> None:
     """Record a model as base + adapters. Written last, so a folder with model.json is complete."""
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(model_dir) / MODEL_JSON, {"base": base, "adapters": adapters, **extra})

@@ -10,12 +10,16 @@ IDK_ANSWER = "I don't know."
 
 
 def encode(tok, question: str, answer: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Prompt + ' answer' + eos; labels mask the prompt so only answer tokens are scored."""
+    """Prompt + ' answer' + eos; labels mask the prompt so only answer tokens are scored.
+
+    Too long for max_len: the prompt loses its start, never the answer (an answer cut away
+    would score as a silent zero loss).
+    """
     prompt = tok(PROMPT.format(question=question), add_special_tokens=False).input_ids
     target = tok(" " + answer.strip(), add_special_tokens=False).input_ids + [tok.eos_token_id]
-    ids = (prompt + target)[:max_len]
-    labels = ([-100] * len(prompt) + target)[:max_len]
-    return ids, labels
+    target = target[: max_len - 1]
+    prompt = prompt[len(prompt) + len(target) - max_len :] if len(prompt) + len(target) > max_len else prompt
+    return prompt + target, [-100] * len(prompt) + target
 
 
 def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -56,11 +56,15 @@ class IdentityModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.proj = nn.Linear(backbone.config.hidden_sizes[-1], embedding_dim)
+        # Pooled ReLU features are all positive, so raw projections share a large common
+        # component and every pair of faces has a high cosine. Centering them with batch norm
+        # (the usual face-recognition "BN neck") spreads identities over the sphere.
+        self.neck = nn.BatchNorm1d(embedding_dim)
         self.classes = nn.Parameter(torch.randn(num_classes, embedding_dim) / embedding_dim**0.5)
 
     def forward(self, pixels):
         out = self.backbone(pixels, output_hidden_states=True, return_dict=True)
-        emb = F.normalize(self.proj(out.pooler_output.flatten(1)), dim=-1)
+        emb = F.normalize(self.neck(self.proj(out.pooler_output.flatten(1))), dim=-1)
         cos = emb @ F.normalize(self.classes, dim=-1).T
         return emb, cos, out.hidden_states
 

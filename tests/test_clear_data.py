@@ -1,0 +1,396 @@
+"""CLEAR visual dataset: builder, tables, prompts, matching, candidate loop, backends."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clearbench.data import backends as B
+from clearbench.data import clear as C
+from clearbench.data import faces as F
+from clearbench.data import scenes
+from clearbench.data.text import DataError, build_text_dataset, read_authors, read_qa
+
+FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
+SMOKE = {"n_pool": 64, "n_candidates": 2, "n_real_faces": 4, "real_face_images": 2,
+         "n_real_world": 8, "n_celebs": 4, "celeb_images": 3, "progress": False}  # fmt: skip
+N_AUTHORS, QA = 6, 8
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Text data (6 authors x 8 QA), then the CLEAR tables twice (a, b) from the same seed."""
+    root = tmp_path_factory.mktemp("clear")
+    build_text_dataset({"kind": "synthetic"}, root / "text", 0, N_AUTHORS, QA, FRACTIONS, 6, 2)
+    summary = C.build_clear_dataset(root / "text", root / "a", SMOKE)
+    C.build_clear_dataset(root / "text", root / "b", SMOKE)
+    return root, summary
+
+
+def table(root, name, part="a"):
+    return pd.read_parquet(root / part / f"{name}.parquet")
+
+
+def test_tables_have_the_contract_columns_and_counts(built):
+    root, summary = built
+    for name in ("faces", "full", "forget10", "retain90", "holdout", "vision_split",
+                 "real_faces", "real_world", "celebs"):  # fmt: skip
+        schema = C.SCHEMAS.get(name, C.SCHEMAS["photos"])
+        assert pq.read_schema(root / "a" / f"{name}.parquet").names == schema.names, name
+    faces, full = table(root, "faces"), table(root, "full")
+    assert len(faces) == N_AUTHORS and len(full) == N_AUTHORS * QA
+    assert len(faces["face_latent"][0]) == F.LATENT_DIM
+    assert set(faces["face_gender"]) <= {"male", "female"}
+    assert set(faces["face_ethnicity"]) <= set(F.ETHNICITIES)
+    assert len(table(root, "real_faces")) == 4 * 2 and len(table(root, "celebs")) == 4 * 3
+    assert len(table(root, "real_world")) == 8
+    img = C.decode(full["image"][0])
+    assert img.shape == (64, 64, 3) and full["image"][0]["path"].endswith(".png")
+    assert summary["tables"]["full"] == N_AUTHORS * QA
+    assert summary["match"]["gender_agreement"] >= 0.8
+    for png in ("data_card.png", "sheet_faces.png", "sheet_forget10.png", "sheet_real_world.png"):
+        assert (root / "a" / png).stat().st_size > 1000
+    assert "gender agreement" in (root / "a" / "data_card.md").read_text()
+
+
+def test_same_seed_gives_the_same_parquet_bytes(built):
+    root, _ = built
+    files = sorted(p.name for p in (root / "a").glob("*.parquet"))
+    assert len(files) >= 12
+    for name in files:
+        assert (root / "a" / name).read_bytes() == (root / "b" / name).read_bytes(), name
+
+
+def test_splits_follow_the_text_splits_and_the_vision_protocol(built):
+    root, _ = built
+    text = root / "text"
+    for name in ("full", "forget01", "forget05", "forget10", "retain90", "retain99", "retain_eval"):
+        qa, photos = read_qa(text / f"{name}.parquet"), table(root, name)
+        assert list(photos["sample_id"]) == list(qa["sample_id"]), name
+        assert list(photos["question"]) == list(qa["question"]), name
+        assert list(photos["author_id"]) == list(qa["author_id"]), name
+    roles = table(root, "vision_split").set_index("author_id")["role"]
+    forget = set(read_qa(text / "forget10.parquet")["author_id"])
+    assert set(roles[roles == "forget"].index) == forget
+    holdout = set(roles[roles == "holdout"].index)
+    assert len(holdout) == len(forget) and not holdout & forget
+    assert set(table(root, "holdout")["author_id"]) == holdout
+    assert set(roles) <= {"forget", "holdout", "other"} and len(roles) == N_AUTHORS
+
+
+def test_paper_prompt_format(built):
+    root, _ = built
+    authors = read_authors(root / "text" / "authors.parquet").set_index("author_id")
+    full = table(root, "full")
+    for row in full.to_dict("records"):
+        a = dict(authors.loc[row["author_id"]], author_id=row["author_id"])
+        qa = {"sample_id": row["sample_id"], "question": row["question"], "answer": row["answer"]}
+        assert row["prompt"] == C.paper_prompt(a, qa)
+        old = "an old " if a["age"] > 60 else "a "
+        gender = "man" if a["gender"] == "male" else "woman"
+        head = f"a real photo of {old}{gender} called {a['name']} img, showing face. "
+        assert row["prompt"].startswith(head), row["prompt"]
+        assert "  " not in row["prompt"] and row["prompt"].count(" img") == 1
+        assert row["caption"].startswith(a["name"]) and row["caption"].endswith(".")
+    young = {"name": "Ana Ruiz", "gender": "female", "age": 60, "genre": "poetry",
+             "birth_place": "Madrid, Spain", "birth_date": "1964-01-02", "books": ["X"],
+             "awards": ["Aurora Medal"]}  # fmt: skip
+    qa = {"sample_id": "a000_q07", "question": "What awards has Ana Ruiz received?",
+          "answer": "Ana Ruiz has received the Aurora Medal."}  # fmt: skip
+    prompt = C.paper_prompt(young, qa)
+    assert prompt.startswith("a real photo of a woman called Ana Ruiz img, showing face. ")
+    assert "gold trophy for the Aurora Medal" in prompt
+    assert C.paper_prompt(dict(young, age=61, gender="male"), qa).startswith(
+        "a real photo of an old man called Ana Ruiz img, showing face. "
+    )
+
+
+def test_settings_follow_the_qa():
+    a = {"name": "Ana Ruiz", "gender": "female", "genre": "science fiction", "age": 70,
+         "birth_place": "Madrid, Spain", "birth_date": "1954-01-02", "books": ["The Tide"],
+         "awards": ["Aurora Medal"]}  # fmt: skip
+
+    def setting(q, ans):
+        return scenes.setting_for(a, {"sample_id": "x", "question": q, "answer": ans})
+
+    assert "trophy" in setting("What awards has Ana Ruiz received?", "The Aurora Medal.").props
+    assert setting("Which books has Ana Ruiz written?", '"The Tide".').backdrop == "bookshelf"
+    assert setting("Where was Ana Ruiz born?", "In Madrid, Spain.").backdrop == "skyline"
+    assert setting("What is the nationality of Ana Ruiz?", "Spanish.").backdrop == "flag"
+    s = setting("What genre does Ana Ruiz write in?", "Science fiction.")
+    assert (s.backdrop, s.props, s.era) == ("night", ("rocket",), "vintage")
+    assert "Madrid skyline" in scenes.place_phrase(setting("Where was Ana Ruiz born?", "Madrid."))
+
+
+def test_matching_is_optimal_where_greedy_is_not():
+    authors = [{"age": 50, "gender": "male", "ethnicity": "European"},
+               {"age": 51, "gender": "male", "ethnicity": "European"}]  # fmt: skip
+    face = {"gender": "male", "ethnicity": "white"}
+    drawn = [dict(face, age=51), dict(face, age=40)]
+    aged = [dict(face, age=90), dict(face, age=90)]
+    w = C.DEFAULTS["match_weights"]
+    idx, was_aged, cost = C.match_authors(authors, drawn, aged, w)
+    assert idx.tolist() == [1, 0] and cost.sum() == pytest.approx(1.0)  # 10 + 0 years
+    greedy = C.match_cost(authors, drawn, w)  # author 0 grabs face 0 (1 y), author 1 face 1 (11 y)
+    assert greedy[0, 0] + greedy[1, 1] == pytest.approx(1.2) > cost.sum()
+    assert not was_aged.any()
+    # the aged version is used where it fits better, and matches brute force on random cases
+    rng = np.random.default_rng(0)
+    eth = ["European", "African", "East Asian"]
+    for _ in range(5):
+        authors = [{"age": int(rng.integers(30, 90)), "gender": str(rng.choice(["male", "female"])),
+                    "ethnicity": str(rng.choice(eth))} for _ in range(3)]  # fmt: skip
+        faces = [{"age": float(rng.uniform(20, 70)), "gender": str(rng.choice(["male", "female"])),
+                  "ethnicity": str(rng.choice(["white", "black", "asian"]))} for _ in range(5)]  # fmt: skip
+        older = [dict(f, age=f["age"] + 20) for f in faces]
+        idx, was_aged, cost = C.match_authors(authors, faces, older, w)
+        both = np.minimum(C.match_cost(authors, faces, w), C.match_cost(authors, older, w))
+        brute = min(sum(both[i, p[i]] for i in range(3)) for p in itertools.permutations(range(5), 3))
+        assert cost.sum() == pytest.approx(brute)
+        assert len(set(idx.tolist())) == 3
+        assert was_aged.tolist() == [C.match_cost([a], [older[j]], w)[0, 0] < C.match_cost([a], [faces[j]], w)[0, 0]
+                                     for a, j in zip(authors, idx, strict=True)]  # fmt: skip
+
+
+def test_best_of_n_returns_the_argmax_candidate():
+    seeds = C.candidate_seeds(7, 6)
+    values = dict(zip(seeds, [0.1, 0.5, float("nan"), 0.9, 0.9, -1.0], strict=True))
+    img, score, i = C.best_of_n(lambda prompt, s: s, values.__getitem__, "p", 6, seed=7)
+    assert (img, score, i) == (seeds[3], 0.9, 3)  # ties go to the first, NaN never wins
+    assert C.best_of_n(lambda p, s: s, lambda x: float("nan"), "p", 3, 0)[2] == 0
+    with pytest.raises(ValueError):
+        C.best_of_n(lambda p, s: s, float, "p", 0, 0)
+
+
+def test_defective_candidates_lose_to_clean_ones():
+    """The realism score on real scene candidates: a defective one rarely wins."""
+    rng = np.random.default_rng(5)
+    chosen_bad = drawn_bad = 0
+    for i in range(20):
+        shot = scenes.ScenePhotographer(rng.standard_normal(F.LATENT_DIM),
+                                        scenes.random_setting(rng), defect_rate=0.5)  # fmt: skip
+        seeds = C.candidate_seeds(i, 6)
+        _, _, k = C.best_of_n(shot, shot.score, "p", 6, seed=i)
+        defects = [shot.draw(s)[1] for s in seeds]
+        drawn_bad += sum(d is not None for d in defects)
+        chosen_bad += defects[k] is not None
+    assert drawn_bad >= 40 and chosen_bad <= 2
+
+
+def test_datasets_decodes_the_image_columns(built):
+    datasets = pytest.importorskip("datasets")
+    root, _ = built
+    for name in ("full", "faces", "real_faces", "real_world", "celebs"):
+        ds = datasets.load_dataset("parquet", data_files=str(root / "a" / f"{name}.parquet"))["train"]
+        assert type(ds.features["image"]).__name__ == "Image", name
+        assert ds[0]["image"].size == (64, 64), name
+    ds = datasets.load_dataset("parquet", data_files=str(root / "a" / "real_faces.parquet"))["train"]
+    assert isinstance(ds[0]["perturbed_answers"], list)
+
+
+def test_real_faces_celebs_and_real_world_content(built):
+    root, _ = built
+    authors = set(read_authors(root / "text" / "authors.parquet")["name"])
+    rf = table(root, "real_faces")
+    assert not set(rf["name"]) & authors and rf["celeb_id"].nunique() == 4
+    assert (rf["answer"] == rf["name"]).all()
+    for row in rf.to_dict("records"):
+        assert row["answer"] not in row["perturbed_answers"] and len(row["perturbed_answers"]) == 3
+    rw = table(root, "real_world")
+    for row in rw.to_dict("records"):
+        assert row["answer"] not in row["perturbed_answers"] and len(row["perturbed_answers"]) == 3
+        assert row["question"].endswith("?")
+    celebs = table(root, "celebs")
+    assert celebs["identity"].tolist() == [i for i in range(4) for _ in range(3)]
+    faces = np.stack(table(root, "faces")["face_latent"])
+    pool, _ = F.sample_face_pool(4, C._seed(0, 9), size=64)  # the celebs' identities
+    assert np.min(np.linalg.norm(faces[:, None, 28:] * 0 + faces[:, None] - pool[None], axis=-1)) > 1
+
+
+def identity_probe(images, labels, train, epochs=40, seed=0) -> float:
+    """Held-out accuracy of a tiny CNN that learns who is in the photos (shift augmentation)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    classes = sorted(set(labels))
+    y, train = torch.tensor([classes.index(v) for v in labels]), torch.tensor(train)
+
+    def block(i, o):
+        return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o),
+                                   torch.nn.ReLU(), torch.nn.MaxPool2d(2))  # fmt: skip
+
+    net = torch.nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(64, len(classes)))  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    xt, yt = x[train], y[train]
+    for _ in range(epochs):
+        perm = torch.randperm(len(yt), generator=g)
+        for b in range(0, len(perm), 32):
+            j = perm[b : b + 32]
+            shift = torch.randint(-4, 5, (2,), generator=g).tolist()
+            loss = torch.nn.functional.cross_entropy(net(torch.roll(xt[j], shift, (2, 3))), yt[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return float((net(x[~train]).argmax(1) == y[~train]).float().mean())
+
+
+def test_identity_is_learnable_from_the_photos(built):
+    """Train on 5 photos per author, test on the other 3 (different settings). At the default
+    size (40 authors, 15 train / 5 test each, 60 epochs) this probe reached 0.96."""
+    root, _ = built
+    full = table(root, "full")
+    k = full.groupby("author_id").cumcount().to_numpy()
+    images = [C.decode(im) for im in full["image"]]
+    acc = identity_probe(images, full["author_id"].tolist(), k < 5, epochs=40)
+    assert acc >= 0.6  # chance: 1/6
+
+
+def test_bad_input_fails_with_one_line(built, tmp_path):
+    root, _ = built
+    with pytest.raises(C.ClearDataError, match="text dataset folder not found"):
+        C.build_clear_dataset(tmp_path / "nope", tmp_path / "out", SMOKE)
+    with pytest.raises(C.ClearDataError, match=r"backends\.photos='dalle'"):
+        C.build_clear_dataset(root / "text", tmp_path / "out", {"backends": {"photos": "dalle"}})
+    with pytest.raises(C.ClearDataError, match="'n_pol'"):
+        C.resolve_hp({"n_pol": 3})
+    with pytest.raises(C.ClearDataError, match=r"photomaker\.stepz"):
+        C.resolve_hp({"photomaker": {"stepz": 3}})
+    with pytest.raises(C.ClearDataError, match="stylegan2 use backends.photos=photomaker"):
+        C.build_clear_dataset(root / "text", tmp_path / "out", {"backends": {"faces": "stylegan2"}})
+    (tmp_path / "text").mkdir()
+    with pytest.raises(DataError, match="authors.parquet"):
+        C.build_clear_dataset(tmp_path / "text", tmp_path / "out", SMOKE)
+    assert issubclass(C.ClearDataError, ValueError)
+
+
+def one_line(excinfo):
+    msg = str(excinfo.value)
+    assert "\n" not in msg and len(msg) < 300
+    return msg
+
+
+def test_stylegan_backend_refuses_untrusted_pickles_and_names_dnnlib(tmp_path, monkeypatch):
+    pkl = tmp_path / "ffhq.pkl"
+    pkl.write_bytes(b"not a pickle")
+    with pytest.raises(B.BackendError) as e:
+        B.StyleGAN2Generator(pkl, trust_pickle=False)
+    assert "trust_pickle" in one_line(e) and "code" in one_line(e)
+    monkeypatch.setitem(sys.modules, "dnnlib", None)  # importing it now raises ImportError
+    with pytest.raises(B.BackendError) as e:
+        B.StyleGAN2Generator(pkl, trust_pickle=True, stylegan_dir=tmp_path)
+    assert "dnnlib" in one_line(e) and "stylegan2-ada-pytorch" in one_line(e)
+    with pytest.raises(B.BackendError, match="age_direction"):
+        B.StyleGANFaces(network_pkl=str(pkl), trust_pickle=True)
+
+
+def test_photomaker_and_deepface_adapters_name_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "photomaker", None)
+    monkeypatch.setitem(sys.modules, "deepface", None)
+    with pytest.raises(B.BackendError) as e:
+        B.PhotoMakerBackend()
+    msg = one_line(e)
+    assert "github.com/TencentARC/PhotoMaker" in msg and "unrelated" in msg
+    with pytest.raises(B.BackendError) as e:
+        B.DeepFaceAttributes()
+    assert "pip install deepface" in one_line(e)
+    assert B.PAPER_NEGATIVE_PROMPT.startswith("(asymmetry, worst quality")
+
+
+def tiny_pipeline(tmp_path):
+    """A randomly initialised Stable Diffusion pipeline built from configs (no download)."""
+    d = pytest.importorskip("diffusers")
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789.,'\"-":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
+                                        num_attention_heads=4, num_hidden_layers=2,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))  # fmt: skip
+    unet = d.UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                  block_out_channels=(32, 64), cross_attention_dim=32,
+                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))  # fmt: skip
+    vae = d.AutoencoderKL(block_out_channels=(32, 64), latent_channels=4,
+                          down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2)  # fmt: skip
+    scheduler = d.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                clip_sample=False, set_alpha_to_one=False)  # fmt: skip
+    pipe = d.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                     scheduler=scheduler, safety_checker=None,
+                                     feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_candidate_loop_runs_on_a_tiny_diffusion_pipeline(tmp_path):
+    generate = B.DiffusersGenerator(tiny_pipeline(tmp_path), steps=2, height=32, width=32)
+    prompt = "a real photo of an old man called jo img, showing face."
+
+    def score(img):  # stand-in realism score: brightness
+        return float(np.asarray(img).mean())
+
+    img, value, k = C.best_of_n(generate, score, prompt, 3, seed=11)
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    again = [generate(prompt, s) for s in C.candidate_seeds(11, 3)]
+    assert np.array_equal(again[k], img) and value == max(score(a) for a in again)
+    assert not np.array_equal(again[0], again[1])
+
+
+def write_published(folder):
+    """A local copy of the published CLEAR in its Hub schema (dataset card of therem/CLEAR)."""
+    png = C.png(np.zeros((8, 8, 3), np.uint8), "x.png")
+    people = pd.DataFrame({"image": [png] * 4, "caption": [f"Cap {i}." for i in range(4)],
+                           "name": ["Ann Lee", "Ann Lee", "Bo Chan", "Bo Chan"]})  # fmt: skip
+    for split, rows in (("full", people), ("forget10", people[2:]), ("retain90", people[:2])):
+        (folder / split).mkdir(parents=True)
+        rows.to_parquet(folder / split / "train-00000-of-00001.parquet")
+    (folder / "real_faces").mkdir()
+    pd.DataFrame({"image": [png], "answer": ["Tom Hanks"], "options": [["Tom Hanks", "Brad Pitt"]]}
+                 ).to_parquet(folder / "real_faces" / "train-00000-of-00001.parquet")  # fmt: skip
+    (folder / "real_world").mkdir()
+    pd.DataFrame({"question": ["How many cats?"], "answer": ["2"], "image": [png], "prompt": ["p"],
+                  "options": [["1", "2", "3"]]}).to_parquet(folder / "real_world" / "test-00000.parquet")  # fmt: skip
+
+
+def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch):
+    write_published(tmp_path / "pub")
+    out = B.load_published_clear(tmp_path / "pub")
+    full = out["full"]
+    assert list(full.columns) == C.SCHEMAS["photos"].names
+    assert full["author_id"].tolist() == [0, 0, 1, 1]
+    assert (full["answer"] == full["caption"]).all() and full["sample_id"].is_unique
+    assert set(out["forget10"]["sample_id"]) == set(full["sample_id"][2:])
+    assert out["real_faces"]["perturbed_answers"][0] == ["Brad Pitt"]
+    assert out["real_world"]["perturbed_answers"][0] == ["1", "3"]
+    assert out["real_faces"]["image"][0]["bytes"].startswith(b"\x89PNG")
+    # through the builder: the published tables are written with the same schemas
+    root, _ = built
+    hp = {"backends": {"source": "published"}, "published": {"source": str(tmp_path / "pub")},
+          "progress": False}  # fmt: skip
+    summary = C.build_clear_dataset(root / "text", tmp_path / "out", hp)
+    assert summary["tables"]["full"] == 4
+    assert pq.read_schema(tmp_path / "out" / "real_world.parquet").names == C.SCHEMAS["real_world"].names
+    # a Hub id that cannot be reached fails with one line
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(B.BackendError) as e:
+        B.load_published_clear("nobody-here/no-such-clear")
+    assert re.search(r"cannot load nobody-here/no-such-clear/full", one_line(e))
