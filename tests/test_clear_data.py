@@ -20,8 +20,18 @@ from clearbench.data import scenes
 from clearbench.data.text import DataError, build_text_dataset, read_authors, read_qa
 
 FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
-SMOKE = {"n_pool": 64, "n_candidates": 2, "n_real_faces": 4, "real_face_images": 2,
-         "n_real_world": 8, "n_celebs": 4, "celeb_images": 3, "progress": False}  # fmt: skip
+SMOKE = {
+    "n_pool": 64,
+    "pool_batch": 16,
+    "pool_keep": 8,
+    "n_candidates": 2,
+    "n_real_faces": 4,
+    "real_face_images": 2,
+    "n_real_world": 8,
+    "n_celebs": 4,
+    "celeb_images": 3,
+    "progress": False,
+}
 N_AUTHORS, QA = 6, 8
 
 
@@ -41,8 +51,17 @@ def table(root, name, part="a"):
 
 def test_tables_have_the_contract_columns_and_counts(built):
     root, summary = built
-    for name in ("faces", "full", "forget10", "retain90", "holdout", "vision_split",
-                 "real_faces", "real_world", "celebs"):  # fmt: skip
+    for name in (
+        "faces",
+        "full",
+        "forget10",
+        "retain90",
+        "holdout",
+        "vision_split",
+        "real_faces",
+        "real_world",
+        "celebs",
+    ):
         schema = C.SCHEMAS.get(name, C.SCHEMAS["photos"])
         assert pq.read_schema(root / "a" / f"{name}.parquet").names == schema.names, name
     faces, full = table(root, "faces"), table(root, "full")
@@ -100,11 +119,21 @@ def test_paper_prompt_format(built):
         assert row["prompt"].startswith(head), row["prompt"]
         assert "  " not in row["prompt"] and row["prompt"].count(" img") == 1
         assert row["caption"].startswith(a["name"]) and row["caption"].endswith(".")
-    young = {"name": "Ana Ruiz", "gender": "female", "age": 60, "genre": "poetry",
-             "birth_place": "Madrid, Spain", "birth_date": "1964-01-02", "books": ["X"],
-             "awards": ["Aurora Medal"]}  # fmt: skip
-    qa = {"sample_id": "a000_q07", "question": "What awards has Ana Ruiz received?",
-          "answer": "Ana Ruiz has received the Aurora Medal."}  # fmt: skip
+    young = {
+        "name": "Ana Ruiz",
+        "gender": "female",
+        "age": 60,
+        "genre": "poetry",
+        "birth_place": "Madrid, Spain",
+        "birth_date": "1964-01-02",
+        "books": ["X"],
+        "awards": ["Aurora Medal"],
+    }
+    qa = {
+        "sample_id": "a000_q07",
+        "question": "What awards has Ana Ruiz received?",
+        "answer": "Ana Ruiz has received the Aurora Medal.",
+    }
     prompt = C.paper_prompt(young, qa)
     assert prompt.startswith("a real photo of a woman called Ana Ruiz img, showing face. ")
     assert "gold trophy for the Aurora Medal" in prompt
@@ -114,9 +143,16 @@ def test_paper_prompt_format(built):
 
 
 def test_settings_follow_the_qa():
-    a = {"name": "Ana Ruiz", "gender": "female", "genre": "science fiction", "age": 70,
-         "birth_place": "Madrid, Spain", "birth_date": "1954-01-02", "books": ["The Tide"],
-         "awards": ["Aurora Medal"]}  # fmt: skip
+    a = {
+        "name": "Ana Ruiz",
+        "gender": "female",
+        "genre": "science fiction",
+        "age": 70,
+        "birth_place": "Madrid, Spain",
+        "birth_date": "1954-01-02",
+        "books": ["The Tide"],
+        "awards": ["Aurora Medal"],
+    }
 
     def setting(q, ans):
         return scenes.setting_for(a, {"sample_id": "x", "question": q, "answer": ans})
@@ -131,8 +167,10 @@ def test_settings_follow_the_qa():
 
 
 def test_matching_is_optimal_where_greedy_is_not():
-    authors = [{"age": 50, "gender": "male", "ethnicity": "European"},
-               {"age": 51, "gender": "male", "ethnicity": "European"}]  # fmt: skip
+    authors = [
+        {"age": 50, "gender": "male", "ethnicity": "European"},
+        {"age": 51, "gender": "male", "ethnicity": "European"},
+    ]
     face = {"gender": "male", "ethnicity": "white"}
     drawn = [dict(face, age=51), dict(face, age=40)]
     aged = [dict(face, age=90), dict(face, age=90)]
@@ -140,24 +178,41 @@ def test_matching_is_optimal_where_greedy_is_not():
     idx, was_aged, cost = C.match_authors(authors, drawn, aged, w)
     assert idx.tolist() == [1, 0] and cost.sum() == pytest.approx(1.0)  # 10 + 0 years
     greedy = C.match_cost(authors, drawn, w)  # author 0 grabs face 0 (1 y), author 1 face 1 (11 y)
-    assert greedy[0, 0] + greedy[1, 1] == pytest.approx(1.2) > cost.sum()
+    assert greedy[0, 0] + greedy[1, 1] == pytest.approx(1.2)
+    assert greedy[0, 0] + greedy[1, 1] > cost.sum()
     assert not was_aged.any()
     # the aged version is used where it fits better, and matches brute force on random cases
     rng = np.random.default_rng(0)
     eth = ["European", "African", "East Asian"]
     for _ in range(5):
-        authors = [{"age": int(rng.integers(30, 90)), "gender": str(rng.choice(["male", "female"])),
-                    "ethnicity": str(rng.choice(eth))} for _ in range(3)]  # fmt: skip
-        faces = [{"age": float(rng.uniform(20, 70)), "gender": str(rng.choice(["male", "female"])),
-                  "ethnicity": str(rng.choice(["white", "black", "asian"]))} for _ in range(5)]  # fmt: skip
+        authors = [
+            {
+                "age": int(rng.integers(30, 90)),
+                "gender": str(rng.choice(["male", "female"])),
+                "ethnicity": str(rng.choice(eth)),
+            }
+            for _ in range(3)
+        ]
+        faces = [
+            {
+                "age": float(rng.uniform(20, 70)),
+                "gender": str(rng.choice(["male", "female"])),
+                "ethnicity": str(rng.choice(["white", "black", "asian"])),
+            }
+            for _ in range(5)
+        ]
         older = [dict(f, age=f["age"] + 20) for f in faces]
         idx, was_aged, cost = C.match_authors(authors, faces, older, w)
         both = np.minimum(C.match_cost(authors, faces, w), C.match_cost(authors, older, w))
-        brute = min(sum(both[i, p[i]] for i in range(3)) for p in itertools.permutations(range(5), 3))
+        brute = min(
+            sum(both[i, p[i]] for i in range(3)) for p in itertools.permutations(range(5), 3)
+        )
         assert cost.sum() == pytest.approx(brute)
         assert len(set(idx.tolist())) == 3
-        assert was_aged.tolist() == [C.match_cost([a], [older[j]], w)[0, 0] < C.match_cost([a], [faces[j]], w)[0, 0]
-                                     for a, j in zip(authors, idx, strict=True)]  # fmt: skip
+        assert was_aged.tolist() == [
+            C.match_cost([a], [older[j]], w)[0, 0] < C.match_cost([a], [faces[j]], w)[0, 0]
+            for a, j in zip(authors, idx, strict=True)
+        ]
 
 
 def test_best_of_n_returns_the_argmax_candidate():
@@ -175,8 +230,9 @@ def test_defective_candidates_lose_to_clean_ones():
     rng = np.random.default_rng(5)
     chosen_bad = drawn_bad = 0
     for i in range(20):
-        shot = scenes.ScenePhotographer(rng.standard_normal(F.LATENT_DIM),
-                                        scenes.random_setting(rng), defect_rate=0.5)  # fmt: skip
+        shot = scenes.ScenePhotographer(
+            rng.standard_normal(F.LATENT_DIM), scenes.random_setting(rng), defect_rate=0.5
+        )
         seeds = C.candidate_seeds(i, 6)
         _, _, k = C.best_of_n(shot, shot.score, "p", 6, seed=i)
         defects = [shot.draw(s)[1] for s in seeds]
@@ -189,10 +245,14 @@ def test_datasets_decodes_the_image_columns(built):
     datasets = pytest.importorskip("datasets")
     root, _ = built
     for name in ("full", "faces", "real_faces", "real_world", "celebs"):
-        ds = datasets.load_dataset("parquet", data_files=str(root / "a" / f"{name}.parquet"))["train"]
+        ds = datasets.load_dataset("parquet", data_files=str(root / "a" / f"{name}.parquet"))[
+            "train"
+        ]
         assert type(ds.features["image"]).__name__ == "Image", name
         assert ds[0]["image"].size == (64, 64), name
-    ds = datasets.load_dataset("parquet", data_files=str(root / "a" / "real_faces.parquet"))["train"]
+    ds = datasets.load_dataset("parquet", data_files=str(root / "a" / "real_faces.parquet"))[
+        "train"
+    ]
     assert isinstance(ds[0]["perturbed_answers"], list)
 
 
@@ -210,9 +270,11 @@ def test_real_faces_celebs_and_real_world_content(built):
         assert row["question"].endswith("?")
     celebs = table(root, "celebs")
     assert celebs["identity"].tolist() == [i for i in range(4) for _ in range(3)]
-    faces = np.stack(table(root, "faces")["face_latent"])
-    pool, _ = F.sample_face_pool(4, C._seed(0, 9), size=64)  # the celebs' identities
-    assert np.min(np.linalg.norm(faces[:, None, 28:] * 0 + faces[:, None] - pool[None], axis=-1)) > 1
+    # celeb identities are other draws than the authors' faces (identity dims the edit keeps)
+    keep = [d for d in F.IDENTITY_DIMS if d not in (F.AGE, F.GLASSES)]
+    faces = np.stack(table(root, "faces")["face_latent"])[:, keep]
+    pool = F.sample_face_pool(4, C._seed(0, 9), size=64)[0][:, keep]  # the celebs' latents
+    assert np.linalg.norm(faces[:, None] - pool[None], axis=-1).min() > 1.0
 
 
 def identity_probe(images, labels, train, epochs=40, seed=0) -> float:
@@ -224,12 +286,22 @@ def identity_probe(images, labels, train, epochs=40, seed=0) -> float:
     y, train = torch.tensor([classes.index(v) for v in labels]), torch.tensor(train)
 
     def block(i, o):
-        return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o),
-                                   torch.nn.ReLU(), torch.nn.MaxPool2d(2))  # fmt: skip
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(i, o, 3, padding=1),
+            torch.nn.BatchNorm2d(o),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+        )
 
-    net = torch.nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(64, len(classes)))  # fmt: skip
+    net = torch.nn.Sequential(
+        block(3, 16),
+        block(16, 32),
+        block(32, 64),
+        block(64, 64),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, len(classes)),
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     xt, yt = x[train], y[train]
     for _ in range(epochs):
@@ -247,13 +319,25 @@ def identity_probe(images, labels, train, epochs=40, seed=0) -> float:
 
 
 def test_identity_is_learnable_from_the_photos(built):
-    """Train on 5 photos per author, test on the other 3 (different settings). At the default
-    size (40 authors, 15 train / 5 test each, 60 epochs) this probe reached 0.96."""
+    """A CNN that learned each author's face from 24 other photos of them (random settings)
+    recognises the authors in the dataset's photos. At the default size (40 authors x 20 QA),
+    training on 15 of each author's dataset photos and testing on the other 5 gave 0.96."""
     root, _ = built
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for author_id, z in zip(
+        *table(root, "faces")[["author_id", "face_latent"]].T.values, strict=True
+    ):
+        for _ in range(24):
+            shot = scenes.ScenePhotographer(
+                np.asarray(z), scenes.random_setting(rng), defect_rate=0
+            )
+            images.append(shot(None, int(rng.integers(2**31))))
+            labels.append(author_id)
     full = table(root, "full")
-    k = full.groupby("author_id").cumcount().to_numpy()
-    images = [C.decode(im) for im in full["image"]]
-    acc = identity_probe(images, full["author_id"].tolist(), k < 5, epochs=40)
+    train = np.arange(len(images) + len(full)) < len(images)
+    images += [C.decode(im) for im in full["image"]]
+    acc = identity_probe(images, labels + full["author_id"].tolist(), train, epochs=40)
     assert acc >= 0.6  # chance: 1/6
 
 
@@ -272,6 +356,13 @@ def test_bad_input_fails_with_one_line(built, tmp_path):
     (tmp_path / "text").mkdir()
     with pytest.raises(DataError, match="authors.parquet"):
         C.build_clear_dataset(tmp_path / "text", tmp_path / "out", SMOKE)
+    for f in (root / "text").glob("*.parquet"):  # authors without attributes, as from TOFU
+        df = pd.read_parquet(f)
+        if f.name == "authors.parquet":
+            df["gender"] = df["age"] = None
+        df.to_parquet(tmp_path / "text" / f.name)
+    with pytest.raises(C.ClearDataError, match="empty gender, age"):
+        C.build_clear_dataset(tmp_path / "text", tmp_path / "out", SMOKE)
     assert issubclass(C.ClearDataError, ValueError)
 
 
@@ -288,6 +379,7 @@ def test_stylegan_backend_refuses_untrusted_pickles_and_names_dnnlib(tmp_path, m
         B.StyleGAN2Generator(pkl, trust_pickle=False)
     assert "trust_pickle" in one_line(e) and "code" in one_line(e)
     monkeypatch.setitem(sys.modules, "dnnlib", None)  # importing it now raises ImportError
+    monkeypatch.setattr(sys, "path", list(sys.path))  # stylegan_dir goes on a copy
     with pytest.raises(B.BackendError) as e:
         B.StyleGAN2Generator(pkl, trust_pickle=True, stylegan_dir=tmp_path)
     assert "dnnlib" in one_line(e) and "stylegan2-ada-pytorch" in one_line(e)
@@ -319,23 +411,55 @@ def tiny_pipeline(tmp_path):
         vocab.setdefault(c + "</w>", len(vocab))
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    tokenizer = CLIPTokenizer(
+        str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77
+    )
     torch.manual_seed(0)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                        num_attention_heads=4, num_hidden_layers=2,
-                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))  # fmt: skip
-    unet = d.UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-                                  block_out_channels=(32, 64), cross_attention_dim=32,
-                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))  # fmt: skip
-    vae = d.AutoencoderKL(block_out_channels=(32, 64), latent_channels=4,
-                          down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2)  # fmt: skip
-    scheduler = d.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                clip_sample=False, set_alpha_to_one=False)  # fmt: skip
-    pipe = d.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                     scheduler=scheduler, safety_checker=None,
-                                     feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = d.UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = d.AutoencoderKL(
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    scheduler = d.DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    pipe = d.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -357,17 +481,30 @@ def test_candidate_loop_runs_on_a_tiny_diffusion_pipeline(tmp_path):
 def write_published(folder):
     """A local copy of the published CLEAR in its Hub schema (dataset card of therem/CLEAR)."""
     png = C.png(np.zeros((8, 8, 3), np.uint8), "x.png")
-    people = pd.DataFrame({"image": [png] * 4, "caption": [f"Cap {i}." for i in range(4)],
-                           "name": ["Ann Lee", "Ann Lee", "Bo Chan", "Bo Chan"]})  # fmt: skip
+    people = pd.DataFrame(
+        {
+            "image": [png] * 4,
+            "caption": [f"Cap {i}." for i in range(4)],
+            "name": ["Ann Lee", "Ann Lee", "Bo Chan", "Bo Chan"],
+        }
+    )
     for split, rows in (("full", people), ("forget10", people[2:]), ("retain90", people[:2])):
         (folder / split).mkdir(parents=True)
         rows.to_parquet(folder / split / "train-00000-of-00001.parquet")
     (folder / "real_faces").mkdir()
-    pd.DataFrame({"image": [png], "answer": ["Tom Hanks"], "options": [["Tom Hanks", "Brad Pitt"]]}
-                 ).to_parquet(folder / "real_faces" / "train-00000-of-00001.parquet")  # fmt: skip
+    pd.DataFrame(
+        {"image": [png], "answer": ["Tom Hanks"], "options": [["Tom Hanks", "Brad Pitt"]]}
+    ).to_parquet(folder / "real_faces" / "train-00000-of-00001.parquet")
     (folder / "real_world").mkdir()
-    pd.DataFrame({"question": ["How many cats?"], "answer": ["2"], "image": [png], "prompt": ["p"],
-                  "options": [["1", "2", "3"]]}).to_parquet(folder / "real_world" / "test-00000.parquet")  # fmt: skip
+    pd.DataFrame(
+        {
+            "question": ["How many cats?"],
+            "answer": ["2"],
+            "image": [png],
+            "prompt": ["p"],
+            "options": [["1", "2", "3"]],
+        }
+    ).to_parquet(folder / "real_world" / "test-00000.parquet")
 
 
 def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch):
@@ -383,14 +520,24 @@ def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch
     assert out["real_faces"]["image"][0]["bytes"].startswith(b"\x89PNG")
     # through the builder: the published tables are written with the same schemas
     root, _ = built
-    hp = {"backends": {"source": "published"}, "published": {"source": str(tmp_path / "pub")},
-          "progress": False}  # fmt: skip
+    hp = {
+        "backends": {"source": "published"},
+        "published": {"source": str(tmp_path / "pub")},
+        "progress": False,
+    }
     summary = C.build_clear_dataset(root / "text", tmp_path / "out", hp)
     assert summary["tables"]["full"] == 4
-    assert pq.read_schema(tmp_path / "out" / "real_world.parquet").names == C.SCHEMAS["real_world"].names
-    # a Hub id that cannot be reached fails with one line
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert (
+        pq.read_schema(tmp_path / "out" / "real_world.parquet").names
+        == C.SCHEMAS["real_world"].names
+    )
+    # a Hub id that cannot be reached (offline here: no network call is made) fails with one line
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(B.BackendError) as e:
         B.load_published_clear("nobody-here/no-such-clear")
     assert re.search(r"cannot load nobody-here/no-such-clear/full", one_line(e))

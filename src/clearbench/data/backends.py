@@ -65,13 +65,21 @@ class StyleGAN2Generator:
     loaded only with trust_pickle=True (and needs dnnlib/torch_utils importable).
     """
 
-    def __init__(self, network_pkl, trust_pickle: bool = False, stylegan_dir=None,
-                 device="cpu", truncation_psi=1.0):  # fmt: skip
+    def __init__(
+        self,
+        network_pkl,
+        trust_pickle: bool = False,
+        stylegan_dir=None,
+        device="cpu",
+        truncation_psi=1.0,
+    ):
         if not trust_pickle:
             raise BackendError(
                 f"refusing to load {network_pkl}: a StyleGAN2 network pickle unpickles (runs) "
                 "code from the file; set trust_pickle: true only for a file from a trusted source"
             )
+        if not Path(network_pkl).is_file():
+            raise BackendError(f"StyleGAN2 network pickle not found: {network_pkl}")
         if stylegan_dir and str(stylegan_dir) not in sys.path:
             sys.path.insert(0, str(stylegan_dir))
         require("dnnlib", STYLEGAN_INSTALL)
@@ -122,13 +130,23 @@ class StyleGANFaces:
     (directions from .npy files; strengths in latent units, not StyleFeatureEditor's), and
     DeepFace attributes."""
 
-    def __init__(self, network_pkl=None, trust_pickle=False, stylegan_dir=None,
-                 age_direction=None, glasses_direction=None):  # fmt: skip
+    def __init__(
+        self,
+        network_pkl=None,
+        trust_pickle=False,
+        stylegan_dir=None,
+        age_direction=None,
+        glasses_direction=None,
+    ):
         if not network_pkl:
-            raise BackendError("backends.faces=stylegan2 needs stylegan2.network_pkl (a network pickle)")
+            raise BackendError(
+                "backends.faces=stylegan2 needs stylegan2.network_pkl (a network pickle)"
+            )
         if not (age_direction and glasses_direction):
-            raise BackendError("the StyleGAN2 age shift needs stylegan2.age_direction and "
-                               "stylegan2.glasses_direction (.npy latent directions)")  # fmt: skip
+            raise BackendError(
+                "the StyleGAN2 age shift needs stylegan2.age_direction and "
+                "stylegan2.glasses_direction (.npy latent directions)"
+            )
         self.gan = StyleGAN2Generator(network_pkl, trust_pickle, stylegan_dir)
         self.attributes = DeepFaceAttributes()
         self.age, self.glasses = np.load(age_direction), np.load(glasses_direction)
@@ -145,10 +163,14 @@ class StyleGANFaces:
         return np.stack(z[:n]), imgs[:n]
 
     def edit(self, z, age_strength, glasses_strength):
-        return self.gan.edit(self.gan.edit(z, self.age, age_strength), self.glasses, glasses_strength)
+        return self.gan.edit(
+            self.gan.edit(z, self.age, age_strength), self.glasses, glasses_strength
+        )
 
     def age_shift(self, z, seed, age_strength, glasses_strength, batch, keep):
-        return np.array([self.edit(zi, age_strength, glasses_strength) for zi in z]).reshape(len(z), -1)
+        return np.array([self.edit(zi, age_strength, glasses_strength) for zi in z]).reshape(
+            len(z), -1
+        )
 
     def portrait(self, z):
         return self.gan.generate(z)
@@ -165,8 +187,16 @@ class DiffusersGenerator:
     start_merge_step).
     """
 
-    def __init__(self, pipe, steps=50, guidance_scale=7.5, negative_prompt=PAPER_NEGATIVE_PROMPT,
-                 height=None, width=None, extra=None):  # fmt: skip
+    def __init__(
+        self,
+        pipe,
+        steps=50,
+        guidance_scale=7.5,
+        negative_prompt=PAPER_NEGATIVE_PROMPT,
+        height=None,
+        width=None,
+        extra=None,
+    ):
         self.pipe, self.steps, self.guidance = pipe, steps, guidance_scale
         self.negative, self.height, self.width = negative_prompt, height, width
         self.extra = dict(extra or {})
@@ -196,12 +226,23 @@ class PhotoMakerBackend:
     0.5 is read as 50 %, i.e. start_merge_step = int(0.5 * 50) = 25.
     """
 
-    def __init__(self, base_model="SG161222/RealVisXL_V4.0", checkpoint=None, device="cuda",
-                 steps=50, guidance_scale=7.5, style_strength=0.5, size=1024,
-                 negative_prompt=PAPER_NEGATIVE_PROMPT):  # fmt: skip
+    def __init__(
+        self,
+        base_model="SG161222/RealVisXL_V4.0",
+        checkpoint=None,
+        device="cuda",
+        steps=50,
+        guidance_scale=7.5,
+        style_strength=0.5,
+        size=1024,
+        negative_prompt=PAPER_NEGATIVE_PROMPT,
+    ):
         photomaker = require("photomaker", PHOTOMAKER_INSTALL)
-        require("insightface", "PhotoMaker V2 computes ID embeddings with insightface: "
-                "pip install insightface onnxruntime")  # fmt: skip
+        require(
+            "insightface",
+            "PhotoMaker V2 computes ID embeddings with insightface: "
+            "pip install insightface onnxruntime",
+        )
         import torch
 
         if checkpoint is None:
@@ -211,9 +252,13 @@ class PhotoMakerBackend:
         pipe = photomaker.PhotoMakerStableDiffusionXLPipeline.from_pretrained(
             base_model, torch_dtype=dtype
         ).to(device)
-        pipe.load_photomaker_adapter(str(Path(checkpoint).parent), subfolder="",
-                                     weight_name=Path(checkpoint).name, trigger_word="img",
-                                     pm_version="v2")  # fmt: skip
+        pipe.load_photomaker_adapter(
+            str(Path(checkpoint).parent),
+            subfolder="",
+            weight_name=Path(checkpoint).name,
+            trigger_word="img",
+            pm_version="v2",
+        )
         pipe.fuse_lora()
         self.detector = photomaker.FaceAnalysis2(allowed_modules=["detection", "recognition"])
         self.detector.prepare(ctx_id=0, det_size=(640, 640))
@@ -227,7 +272,9 @@ class PhotoMakerBackend:
         import torch
         from PIL import Image
 
-        images = [Image.fromarray(to_uint8(im)).resize((self.size, self.size)) for im in face_images]
+        images = [
+            Image.fromarray(to_uint8(im)).resize((self.size, self.size)) for im in face_images
+        ]
         embeds = []
         for im in images:
             found = self.analyze(self.detector, np.asarray(im)[:, :, ::-1])
@@ -235,10 +282,14 @@ class PhotoMakerBackend:
                 embeds.append(torch.from_numpy(found[0]["embedding"]))
         if not embeds:
             raise BackendError("PhotoMaker V2: no face detected in the identity images")
-        extra = dict(input_id_images=images, id_embeds=torch.stack(embeds),
-                     start_merge_step=self.start_merge_step)  # fmt: skip
-        return DiffusersGenerator(self.pipe, self.steps, self.guidance, self.negative,
-                                  self.size, self.size, extra)  # fmt: skip
+        extra = dict(
+            input_id_images=images,
+            id_embeds=torch.stack(embeds),
+            start_merge_step=self.start_merge_step,
+        )
+        return DiffusersGenerator(
+            self.pipe, self.steps, self.guidance, self.negative, self.size, self.size, extra
+        )
 
 
 def sharpness_score(img) -> float:
@@ -259,23 +310,36 @@ class DeepFaceAttributes:
     GENDER = {"Man": "male", "Woman": "female"}
 
     def __init__(self):
-        self.deepface = require("deepface", "face attributes of real photos need deepface: "
-                                "pip install deepface").DeepFace  # fmt: skip
+        self.deepface = require(
+            "deepface", "face attributes of real photos need deepface: pip install deepface"
+        ).DeepFace
 
     def __call__(self, image) -> dict:
         bgr = to_uint8(image)[:, :, ::-1]
         r = self.deepface.analyze(bgr, actions=("age", "gender", "race"), enforce_detection=False)
         r = r[0] if isinstance(r, list) else r
-        return dict(age=float(r["age"]), gender=self.GENDER.get(r["dominant_gender"], "male"),
-                    ethnicity=r["dominant_race"])  # fmt: skip
+        return dict(
+            age=float(r["age"]),
+            gender=self.GENDER.get(r["dominant_gender"], "male"),
+            ethnicity=r["dominant_race"],
+        )
 
 
 # ------------------------------------------------------------------- published CLEAR
 
 CAPTION_QUESTION = "What can you see in this picture?"  # the first of the authors' prompts
 REAL_FACES_QUESTION = "Who is the person in the image?"
-PUBLISHED_SPLITS = ("full", "forget01", "forget05", "forget10", "retain90", "retain95",
-                    "retain99", "real_faces", "real_world")  # fmt: skip
+PUBLISHED_SPLITS = (
+    "full",
+    "forget01",
+    "forget05",
+    "forget10",
+    "retain90",
+    "retain95",
+    "retain99",
+    "real_faces",
+    "real_world",
+)
 
 
 def _published_config(source, config):
@@ -287,13 +351,19 @@ def _published_config(source, config):
             return None
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     if not isinstance(source, str) or source.count("/") != 1:
-        raise BackendError(f"published CLEAR source not found: {source} (a local folder or a Hub id)")
-    datasets = require("datasets", "loading CLEAR from the Hub needs datasets: pip install datasets")
+        raise BackendError(
+            f"published CLEAR source not found: {source} (a local folder or a Hub id)"
+        )
+    datasets = require(
+        "datasets", "loading CLEAR from the Hub needs datasets: pip install datasets"
+    )
     try:
         ds = datasets.load_dataset(source, config)
     except Exception as e:  # offline, missing config, ...
-        raise BackendError(f"cannot load {source}/{config} from the Hub ({type(e).__name__}): "
-                           "download it once, or pass a local Parquet copy") from None  # fmt: skip
+        raise BackendError(
+            f"cannot load {source}/{config} from the Hub ({type(e).__name__}): "
+            "download it once, or pass a local Parquet copy"
+        ) from None
     split = next(iter(ds.values()))
     split = split.cast_column("image", datasets.Image(decode=False))
     return split.to_pandas()
@@ -333,27 +403,39 @@ def load_published_clear(source="therem/CLEAR", authors: pd.DataFrame | None = N
     if full is None:
         raise BackendError(f"published CLEAR copy at {source} has no `full` split")
     for name in full["name"]:
-        ids.setdefault(name, len(ids))
+        if name not in ids:
+            ids[name] = max(ids.values(), default=-1) + 1
     for split in PUBLISHED_SPLITS:
         df = full if split == "full" else _published_config(source, split)
         if df is None:
             continue
         if split == "real_faces":
             celeb = {n: i for i, n in enumerate(dict.fromkeys(df["answer"]))}
-            out[split] = pd.DataFrame({
-                "sample_id": [f"rf{i:04d}" for i in range(len(df))],
-                "celeb_id": [celeb[a] for a in df["answer"]], "name": df["answer"],
-                "question": REAL_FACES_QUESTION, "answer": df["answer"],
-                "perturbed_answers": [_without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)],
-                "image": [_png(im) for im in df["image"]],
-            })  # fmt: skip
+            out[split] = pd.DataFrame(
+                {
+                    "sample_id": [f"rf{i:04d}" for i in range(len(df))],
+                    "celeb_id": [celeb[a] for a in df["answer"]],
+                    "name": df["answer"],
+                    "question": REAL_FACES_QUESTION,
+                    "answer": df["answer"],
+                    "perturbed_answers": [
+                        _without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)
+                    ],
+                    "image": [_png(im) for im in df["image"]],
+                }
+            )
         elif split == "real_world":
-            out[split] = pd.DataFrame({
-                "sample_id": [f"rw{i:04d}" for i in range(len(df))], "question": df["question"],
-                "answer": df["answer"],
-                "perturbed_answers": [_without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)],
-                "image": [_png(im) for im in df["image"]],
-            })  # fmt: skip
+            out[split] = pd.DataFrame(
+                {
+                    "sample_id": [f"rw{i:04d}" for i in range(len(df))],
+                    "question": df["question"],
+                    "answer": df["answer"],
+                    "perturbed_answers": [
+                        _without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)
+                    ],
+                    "image": [_png(im) for im in df["image"]],
+                }
+            )
         else:
             aid = [int(ids.get(n, -1)) for n in df["name"]]
             sid, seen = [], {}
@@ -361,9 +443,16 @@ def load_published_clear(source="therem/CLEAR", authors: pd.DataFrame | None = N
                 base = f"a{a:03d}_{zlib.crc32((n + c).encode()):08x}"
                 seen[base] = seen.get(base, -1) + 1
                 sid.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
-            out[split] = pd.DataFrame({
-                "sample_id": sid, "author_id": aid, "name": df["name"],
-                "question": CAPTION_QUESTION, "answer": df["caption"], "prompt": "",
-                "caption": df["caption"], "image": [_png(im) for im in df["image"]],
-            })  # fmt: skip
+            out[split] = pd.DataFrame(
+                {
+                    "sample_id": sid,
+                    "author_id": aid,
+                    "name": df["name"],
+                    "question": CAPTION_QUESTION,
+                    "answer": df["caption"],
+                    "prompt": "",
+                    "caption": df["caption"],
+                    "image": [_png(im) for im in df["image"]],
+                }
+            )
     return out

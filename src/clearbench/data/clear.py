@@ -66,16 +66,30 @@ DEFAULTS = {
     "celeb_images": 10,
     "n_options": 3,
     "backends": {"faces": "parametric", "photos": "scenes", "source": "synthesize"},
-    "stylegan2": {"network_pkl": None, "trust_pickle": False, "stylegan_dir": None,
-                  "age_direction": None, "glasses_direction": None},  # fmt: skip
-    "photomaker": {"base_model": "SG161222/RealVisXL_V4.0", "checkpoint": None,
-                   "device": "cuda", "steps": 50, "guidance_scale": 7.5,
-                   "style_strength": 0.5, "size": 1024},  # fmt: skip
+    "stylegan2": {
+        "network_pkl": None,
+        "trust_pickle": False,
+        "stylegan_dir": None,
+        "age_direction": None,
+        "glasses_direction": None,
+    },
+    "photomaker": {
+        "base_model": "SG161222/RealVisXL_V4.0",
+        "checkpoint": None,
+        "device": "cuda",
+        "steps": 50,
+        "guidance_scale": 7.5,
+        "style_strength": 0.5,
+        "size": 1024,
+    },
     "published": {"source": "therem/CLEAR"},
     "progress": True,
 }
-BACKENDS = {"faces": ("parametric", "stylegan2"), "photos": ("scenes", "photomaker"),
-            "source": ("synthesize", "published")}  # fmt: skip
+BACKENDS = {
+    "faces": ("parametric", "stylegan2"),
+    "photos": ("scenes", "photomaker"),
+    "source": ("synthesize", "published"),
+}
 REAL_FACES_QUESTION = "Who is the person in the image?"
 OLD_AFTER = 60  # paper: "old" if the person is older than 60
 
@@ -104,8 +118,9 @@ def resolve_hp(hp: dict) -> dict:
             out[key] = value
     for kind, allowed in BACKENDS.items():
         if out["backends"][kind] not in allowed:
-            raise ClearDataError(f"unknown backend backends.{kind}={out['backends'][kind]!r} "
-                                 f"({' | '.join(allowed)})")  # fmt: skip
+            raise ClearDataError(
+                f"unknown backend backends.{kind}={out['backends'][kind]!r} ({' | '.join(allowed)})"
+            )
     return out
 
 
@@ -168,10 +183,13 @@ class ParametricFaces:
         self.size = size
 
     def pool(self, n, seed, batch, keep):
-        z, _, info = F.sample_face_pool(n, seed, batch=batch, keep=keep, size=self.size,
-                                        return_info=True)  # fmt: skip
-        imgs = [im if d is None else self.portrait(zi)
-                for zi, im, d in zip(z, info["images"], info["defects"], strict=True)]  # fmt: skip
+        z, _, info = F.sample_face_pool(
+            n, seed, batch=batch, keep=keep, size=self.size, return_info=True
+        )
+        imgs = [
+            im if d is None else self.portrait(zi)
+            for zi, im, d in zip(z, info["images"], info["defects"], strict=True)
+        ]
         return z, imgs
 
     def edit(self, z, age_strength, glasses_strength):
@@ -181,8 +199,9 @@ class ParametricFaces:
     def age_shift(self, z, seed, age_strength, glasses_strength, batch, keep):
         if len(z) == 0:
             return np.zeros((0, F.LATENT_DIM))
-        return F.age_shift(z, seed, age_strength, glasses_strength, batch=batch, keep=keep,
-                           size=self.size)[0]  # fmt: skip
+        return F.age_shift(
+            z, seed, age_strength, glasses_strength, batch=batch, keep=keep, size=self.size
+        )[0]
 
     def portrait(self, z):
         return F.render_face(z, self.size)
@@ -223,18 +242,53 @@ def match_authors(authors, attrs_drawn, attrs_aged, weights):
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 S, I64, F64, STRS = pa.string(), pa.int64(), pa.float64(), pa.list_(pa.string())
 SCHEMAS = {
-    "faces": pa.schema([("author_id", I64), ("name", S), ("face_latent", pa.list_(F64)),
-                        ("face_age", F64), ("face_gender", S), ("face_ethnicity", S),
-                        ("match_cost", F64), ("image", IMAGE)]),
-    "photos": pa.schema([("sample_id", S), ("author_id", I64), ("name", S), ("question", S),
-                         ("answer", S), ("prompt", S), ("caption", S), ("image", IMAGE)]),
+    "faces": pa.schema(
+        [
+            ("author_id", I64),
+            ("name", S),
+            ("face_latent", pa.list_(F64)),
+            ("face_age", F64),
+            ("face_gender", S),
+            ("face_ethnicity", S),
+            ("match_cost", F64),
+            ("image", IMAGE),
+        ]
+    ),
+    "photos": pa.schema(
+        [
+            ("sample_id", S),
+            ("author_id", I64),
+            ("name", S),
+            ("question", S),
+            ("answer", S),
+            ("prompt", S),
+            ("caption", S),
+            ("image", IMAGE),
+        ]
+    ),
     "vision_split": pa.schema([("author_id", I64), ("role", S)]),
-    "real_faces": pa.schema([("sample_id", S), ("celeb_id", I64), ("name", S), ("question", S),
-                             ("answer", S), ("perturbed_answers", STRS), ("image", IMAGE)]),
-    "real_world": pa.schema([("sample_id", S), ("question", S), ("answer", S),
-                             ("perturbed_answers", STRS), ("image", IMAGE)]),
+    "real_faces": pa.schema(
+        [
+            ("sample_id", S),
+            ("celeb_id", I64),
+            ("name", S),
+            ("question", S),
+            ("answer", S),
+            ("perturbed_answers", STRS),
+            ("image", IMAGE),
+        ]
+    ),
+    "real_world": pa.schema(
+        [
+            ("sample_id", S),
+            ("question", S),
+            ("answer", S),
+            ("perturbed_answers", STRS),
+            ("image", IMAGE),
+        ]
+    ),
     "celebs": pa.schema([("sample_id", S), ("identity", I64), ("image", IMAGE)]),
-}  # fmt: skip
+}
 
 
 def _hf_feature(t: pa.DataType) -> dict:
@@ -262,8 +316,9 @@ def write_parquet(rows, schema: pa.Schema, path: Path) -> None:
     """rows (list of dicts or a DataFrame) -> Parquet, atomically (temp file + os.replace)."""
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    table = pa.Table.from_pylist([{f.name: r[f.name] for f in schema} for r in rows],
-                                 with_hf_metadata(schema))  # fmt: skip
+    table = pa.Table.from_pylist(
+        [{f.name: r[f.name] for f in schema} for r in rows], with_hf_metadata(schema)
+    )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(table, tmp)
@@ -302,8 +357,10 @@ def vision_roles(author_ids, forget_ids, seed) -> dict:
     rest = sorted(set(author_ids) - set(forget))
     rng = np.random.default_rng(_seed(seed, 4))
     holdout = set(rng.choice(rest, size=min(len(forget), len(rest)), replace=False).tolist())
-    return {a: "forget" if a in forget else "holdout" if a in holdout else "other"
-            for a in sorted(author_ids)}  # fmt: skip
+    return {
+        a: "forget" if a in forget else "holdout" if a in holdout else "other"
+        for a in sorted(author_ids)
+    }
 
 
 def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
@@ -335,8 +392,11 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
         schema = SCHEMAS["photos" if name not in SCHEMAS else name]
         write_parquet(df, schema, out / f"{name}.parquet")
     summary["tables"] = {name: len(df) for name, df in tables.items()}
-    summary["vision_split"] = {"forget_split": largest, "holdout_seed_stream": 4,
-                               **{r: sum(v == r for v in roles.values()) for r in ROLES}}  # fmt: skip
+    summary["vision_split"] = {
+        "forget_split": largest,
+        "holdout_seed_stream": 4,
+        **{r: sum(v == r for v in roles.values()) for r in ROLES},
+    }
     write_report(out, tables, summary, card)
     summary.setdefault("timings_s", {})["total"] = round(time.perf_counter() - t0, 2)
     return summary
@@ -351,10 +411,19 @@ def _face_source(hp):
 
 
 def _synthesize(authors, full, splits, hp, text_dir):
-    seed, size, quiet = hp["seed"], hp["image_size"], not hp["progress"]
+    seed, quiet = hp["seed"], not hp["progress"]
     if hp["backends"]["faces"] == "stylegan2" and hp["backends"]["photos"] == "scenes":
-        raise ClearDataError("backends.photos=scenes draws parametric faces; with "
-                             "backends.faces=stylegan2 use backends.photos=photomaker")  # fmt: skip
+        raise ClearDataError(
+            "backends.photos=scenes draws parametric faces; with "
+            "backends.faces=stylegan2 use backends.photos=photomaker"
+        )
+    needed = ["gender", "age", "ethnicity", "birth_date", "birth_place", "genre", "books", "awards"]
+    empty = [c for c in needed if authors[c].isna().any()]
+    if empty:
+        raise ClearDataError(
+            f"authors.parquet has empty {', '.join(empty)} (a TOFU text source leaves them "
+            "empty): synthesis needs them; use backends.source=published or fill them in"
+        )
     timings, clock = {}, [time.perf_counter()]
 
     def lap(name):
@@ -365,25 +434,44 @@ def _synthesize(authors, full, splits, hp, text_dir):
     source = _face_source(hp)
     z_pool, pool_imgs = source.pool(hp["n_pool"], _seed(seed, 1), hp["pool_batch"], hp["pool_keep"])
     lap("pool")
-    attrs_drawn = [source.attributes(im) for im in tqdm(pool_imgs, "face attributes", disable=quiet)]
+    attrs_drawn = [
+        source.attributes(im) for im in tqdm(pool_imgs, "face attributes", disable=quiet)
+    ]
     z_edit = [source.edit(z, hp["age_strength"], hp["glasses_strength"]) for z in z_pool]
-    attrs_aged = [source.attributes(source.portrait(z))
-                  for z in tqdm(z_edit, "aged attributes", disable=quiet)]  # fmt: skip
+    attrs_aged = [
+        source.attributes(source.portrait(z))
+        for z in tqdm(z_edit, "aged attributes", disable=quiet)
+    ]
     lap("attributes")
     recs = authors.to_dict("records")
     idx, aged, cost = match_authors(recs, attrs_drawn, attrs_aged, hp["match_weights"])
     final = np.array(z_pool[idx], dtype=np.float64)
-    final[aged] = source.age_shift(final[aged], _seed(seed, 2), hp["age_strength"],
-                                   hp["glasses_strength"], hp["pool_batch"], hp["pool_keep"])  # fmt: skip
+    final[aged] = source.age_shift(
+        final[aged],
+        _seed(seed, 2),
+        hp["age_strength"],
+        hp["glasses_strength"],
+        hp["pool_batch"],
+        hp["pool_keep"],
+    )
     portraits = [source.portrait(z) for z in final]
     attrs = [source.attributes(p) for p in portraits]
     lap("match_and_age_shift")
-    faces = pd.DataFrame({
-        "author_id": authors["author_id"], "name": authors["name"],
-        "face_latent": [z.tolist() for z in final], "face_age": [a["age"] for a in attrs],
-        "face_gender": [a["gender"] for a in attrs], "face_ethnicity": [a["ethnicity"] for a in attrs],
-        "match_cost": cost, "image": [png(p, f"face_{a:03d}.png") for a, p in zip(authors["author_id"], portraits, strict=True)],
-    })  # fmt: skip
+    faces = pd.DataFrame(
+        {
+            "author_id": authors["author_id"],
+            "name": authors["name"],
+            "face_latent": [z.tolist() for z in final],
+            "face_age": [a["age"] for a in attrs],
+            "face_gender": [a["gender"] for a in attrs],
+            "face_ethnicity": [a["ethnicity"] for a in attrs],
+            "match_cost": cost,
+            "image": [
+                png(p, f"face_{a:03d}.png")
+                for a, p in zip(authors["author_id"], portraits, strict=True)
+            ],
+        }
+    )
     photos, photo_stats = _photos(recs, full, final, portraits, hp)
     lap("photos")
     tables = {"faces": faces, "full": photos}
@@ -398,21 +486,51 @@ def _synthesize(authors, full, splits, hp, text_dir):
     lap("real_faces_celebs_real_world")
     author_eth = [FACE_ETHNICITY.get(a["ethnicity"], a["ethnicity"]) for a in recs]
     summary = {
-        "source": "synthesize", "backends": hp["backends"], "authors": len(recs),
-        "photos": len(photos), "pool": len(z_pool),
+        "source": "synthesize",
+        "backends": hp["backends"],
+        "n_candidates": hp["n_candidates"],
+        "authors": len(recs),
+        "photos": len(photos),
+        "pool": len(z_pool),
         "match": {
-            "mean_abs_age_diff": round(float(np.mean([abs(a["age"] - f["age"]) for a, f in zip(recs, attrs, strict=True)])), 2),
-            "gender_agreement": round(float(np.mean([a["gender"] == f["gender"] for a, f in zip(recs, attrs, strict=True)])), 4),
-            "ethnicity_agreement": round(float(np.mean([e == f["ethnicity"] for e, f in zip(author_eth, attrs, strict=True)])), 4),
-            "aged_share": round(float(np.mean(aged)), 4), "mean_cost": round(float(np.mean(cost)), 4),
+            "mean_abs_age_diff": round(
+                float(
+                    np.mean([abs(a["age"] - f["age"]) for a, f in zip(recs, attrs, strict=True)])
+                ),
+                2,
+            ),
+            "gender_agreement": round(
+                float(
+                    np.mean([a["gender"] == f["gender"] for a, f in zip(recs, attrs, strict=True)])
+                ),
+                4,
+            ),
+            "ethnicity_agreement": round(
+                float(
+                    np.mean([e == f["ethnicity"] for e, f in zip(author_eth, attrs, strict=True)])
+                ),
+                4,
+            ),
+            "aged_share": round(float(np.mean(aged)), 4),
+            "mean_cost": round(float(np.mean(cost)), 4),
         },
-        "realism": photo_stats, "timings_s": timings,
-    }  # fmt: skip
-    card = {"author_age": [a["age"] for a in recs], "pool_age": [a["age"] for a in attrs_drawn],
-            "aged_pool_age": [a["age"] for a in attrs_aged], "face_age": [a["age"] for a in attrs],
-            "author_gender": [a["gender"] for a in recs], "face_gender": [a["gender"] for a in attrs],
-            "author_ethnicity": author_eth, "face_ethnicity": [a["ethnicity"] for a in attrs],
-            "author_info": {a["author_id"]: f"{a['age']}, {a['gender']}, {e}" for a, e in zip(recs, author_eth, strict=True)}}  # fmt: skip
+        "realism": photo_stats,
+        "timings_s": timings,
+    }
+    card = {
+        "author_age": [a["age"] for a in recs],
+        "pool_age": [a["age"] for a in attrs_drawn],
+        "aged_pool_age": [a["age"] for a in attrs_aged],
+        "face_age": [a["age"] for a in attrs],
+        "author_gender": [a["gender"] for a in recs],
+        "face_gender": [a["gender"] for a in attrs],
+        "author_ethnicity": author_eth,
+        "face_ethnicity": [a["ethnicity"] for a in attrs],
+        "author_info": {
+            a["author_id"]: f"{a['age']}, {a['gender']}, {e}"
+            for a, e in zip(recs, author_eth, strict=True)
+        },
+    }
     return tables, summary, card
 
 
@@ -427,8 +545,10 @@ def _photos(recs, full, latents, portraits, hp):
     rows, drawn_bad, chosen_bad, scores = [], 0, 0, []
     for qa in tqdm(full.to_dict("records"), "photos", disable=not hp["progress"]):
         if qa["author_id"] not in by_id:
-            raise ClearDataError(f"QA {qa['sample_id']} names author_id {qa['author_id']} "
-                                 "missing from authors.parquet")  # fmt: skip
+            raise ClearDataError(
+                f"QA {qa['sample_id']} names author_id {qa['author_id']} "
+                "missing from authors.parquet"
+            )
         author, z, portrait = by_id[qa["author_id"]]
         setting = scenes.setting_for(author, qa)
         prompt = paper_prompt(author, qa)
@@ -443,23 +563,37 @@ def _photos(recs, full, latents, portraits, hp):
         else:
             if author["author_id"] not in personal:
                 personal[author["author_id"]] = maker.generator([portrait])
-            img, score, k = best_of_n(personal[author["author_id"]], sharpness_score, prompt, n, seed)
+            img, score, k = best_of_n(
+                personal[author["author_id"]], sharpness_score, prompt, n, seed
+            )
             text = scenes.caption(setting)
         scores.append(score)
-        rows.append({"sample_id": qa["sample_id"], "author_id": author["author_id"],
-                     "name": author["name"], "question": qa["question"], "answer": qa["answer"],
-                     "prompt": prompt, "caption": text, "image": png(img, f"{qa['sample_id']}.png")})  # fmt: skip
+        rows.append(
+            {
+                "sample_id": qa["sample_id"],
+                "author_id": author["author_id"],
+                "name": author["name"],
+                "question": qa["question"],
+                "answer": qa["answer"],
+                "prompt": prompt,
+                "caption": text,
+                "image": png(img, f"{qa['sample_id']}.png"),
+            }
+        )
     stats = {"mean_chosen_score": round(float(np.mean(scores)), 4) if scores else None}
     if backend == "scenes" and rows:
-        stats |= {"candidates_defective": round(drawn_bad / (n * len(rows)), 4),
-                  "chosen_defective": round(chosen_bad / len(rows), 4)}  # fmt: skip
+        stats |= {
+            "candidates_defective": round(drawn_bad / (n * len(rows)), 4),
+            "chosen_defective": round(chosen_bad / len(rows), 4),
+        }
     return pd.DataFrame(rows, columns=SCHEMAS["photos"].names), stats
 
 
 def _locale(rng, face_ethnicity):
     """A Faker locale of a country where people with this face ethnicity live (authors.py)."""
-    countries = [c for c, v in COUNTRIES.items()
-                 if any(FACE_ETHNICITY[e] == face_ethnicity for e in v[2])] or list(COUNTRIES)  # fmt: skip
+    countries = [
+        c for c, v in COUNTRIES.items() if any(FACE_ETHNICITY[e] == face_ethnicity for e in v[2])
+    ] or list(COUNTRIES)
     return COUNTRIES[countries[rng.integers(len(countries))]][0]
 
 
@@ -476,14 +610,28 @@ def _real_faces(hp, taken):
     names = [make_name(rng, _locale(rng, a["ethnicity"]), a["gender"], taken) for a in attrs]
     rows = []
     for c, (zc, name, a) in enumerate(zip(z, names, attrs, strict=True)):
-        same = [m for m, b in zip(names, attrs, strict=True) if m != name and b["gender"] == a["gender"]]
+        same = [
+            m for m, b in zip(names, attrs, strict=True) if m != name and b["gender"] == a["gender"]
+        ]
         other = [m for m, b in zip(names, attrs, strict=True) if b["gender"] != a["gender"]]
-        ranked = [same[i] for i in rng.permutation(len(same))] + [other[i] for i in rng.permutation(len(other))]
-        for j, img in enumerate(F.render_identity_images(zc, k, _seed(seed, 6, c), hp["image_size"])):
+        ranked = [same[i] for i in rng.permutation(len(same))] + [
+            other[i] for i in rng.permutation(len(other))
+        ]
+        for j, img in enumerate(
+            F.render_identity_images(zc, k, _seed(seed, 6, c), hp["image_size"])
+        ):
             sid = f"rf{c:03d}_{j:02d}"
-            rows.append({"sample_id": sid, "celeb_id": c, "name": name,
-                         "question": REAL_FACES_QUESTION, "answer": name,
-                         "perturbed_answers": ranked[: hp["n_options"]], "image": png(img, f"{sid}.png")})  # fmt: skip
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "celeb_id": c,
+                    "name": name,
+                    "question": REAL_FACES_QUESTION,
+                    "answer": name,
+                    "perturbed_answers": ranked[: hp["n_options"]],
+                    "image": png(img, f"{sid}.png"),
+                }
+            )
     return pd.DataFrame(rows, columns=SCHEMAS["real_faces"].names)
 
 
@@ -492,13 +640,21 @@ def _celebs(hp):
     n, k, seed = hp["n_celebs"], hp["celeb_images"], hp["seed"]
     if n == 0:
         return pd.DataFrame(columns=SCHEMAS["celebs"].names)
-    z, _ = F.sample_face_pool(n, _seed(seed, 9), batch=hp["pool_batch"], keep=hp["pool_keep"],
-                              size=hp["image_size"])  # fmt: skip
+    z, _ = F.sample_face_pool(
+        n, _seed(seed, 9), batch=hp["pool_batch"], keep=hp["pool_keep"], size=hp["image_size"]
+    )
     rows = []
     for i, zi in enumerate(tqdm(z, "celebs", disable=not hp["progress"])):
-        for j, img in enumerate(F.render_identity_images(zi, k, _seed(seed, 10, i), hp["image_size"])):
-            rows.append({"sample_id": f"cb{i:04d}_{j:02d}", "identity": i,
-                         "image": png(img, f"cb{i:04d}_{j:02d}.png")})  # fmt: skip
+        for j, img in enumerate(
+            F.render_identity_images(zi, k, _seed(seed, 10, i), hp["image_size"])
+        ):
+            rows.append(
+                {
+                    "sample_id": f"cb{i:04d}_{j:02d}",
+                    "identity": i,
+                    "image": png(img, f"cb{i:04d}_{j:02d}.png"),
+                }
+            )
     return pd.DataFrame(rows, columns=SCHEMAS["celebs"].names)
 
 
@@ -506,8 +662,13 @@ def _real_world(hp):
     for i in range(hp["n_real_world"]):
         rng = np.random.default_rng(_seed(hp["seed"], 8, i))
         img, q, a, options = scenes.vqa_scene(rng, hp["image_size"], hp["n_options"])
-        yield {"sample_id": f"rw{i:04d}", "question": q, "answer": a,
-               "perturbed_answers": options, "image": png(img, f"rw{i:04d}.png")}  # fmt: skip
+        yield {
+            "sample_id": f"rw{i:04d}",
+            "question": q,
+            "answer": a,
+            "perturbed_answers": options,
+            "image": png(img, f"rw{i:04d}.png"),
+        }
 
 
 # ------------------------------------------------------------------------------- report
@@ -530,10 +691,12 @@ def contact_sheet(items, path, title, ncols=8, scale=2, max_items=48):
     sheet = Image.new("RGB", (ncols * cell_w, 24 + nrows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((6, 5), title, fill="black", font=ImageFont.load_default(size=14))
-    for i, (img, heading, text) in enumerate(items):
+    for i, (img, heading, _) in enumerate(items):
         r, c = divmod(i, ncols)
         x, y = c * cell_w + 4, 24 + r * cell_h
-        tile = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+        tile = Image.fromarray(np.asarray(img, dtype=np.uint8)).resize(
+            (w * scale, h * scale), Image.NEAREST
+        )
         sheet.paste(tile, (x + (cell_w - 8 - w * scale) // 2, y))
         draw.text((x, y + h * scale + 2), str(heading), fill="black", font=bold)
         for j, text_line in enumerate(wrapped[i]):
@@ -564,9 +727,17 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
     if "faces" in tables:
         faces = tables["faces"]
         who = (card or {}).get("author_info", {})
-        sheets.append(("faces", faces, lambda r: r["name"],
-                       lambda r: f"author: {who.get(r['author_id'], '?')}; face: {r['face_age']:.0f}, "
-                                 f"{r['face_gender']}, {r['face_ethnicity']}"))  # fmt: skip
+        sheets.append(
+            (
+                "faces",
+                faces,
+                lambda r: r["name"],
+                lambda r: (
+                    f"author: {who.get(r['author_id'], '?')}; face: {r['face_age']:.0f}, "
+                    f"{r['face_gender']}, {r['face_ethnicity']}"
+                ),
+            )
+        )
     for name in sorted(tables):
         if re.fullmatch(r"forget\d\d|holdout", name):
             sheets.append((name, tables[name], *photo_text))
@@ -576,18 +747,31 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
         sample = df.sample(n=min(32, len(df)), random_state=0) if len(df) else df
         sheets.append((f"{retains[0]}_sample", sample, *photo_text))
     if "real_faces" in tables:
-        sheets.append(("real_faces", tables["real_faces"], lambda r: r["name"],
-                       lambda r: "not: " + ", ".join(r["perturbed_answers"])))  # fmt: skip
+        sheets.append(
+            (
+                "real_faces",
+                tables["real_faces"],
+                lambda r: r["name"],
+                lambda r: "not: " + ", ".join(r["perturbed_answers"]),
+            )
+        )
     if "real_world" in tables:
-        sheets.append(("real_world", tables["real_world"], lambda r: r["answer"], lambda r: r["question"]))
+        sheets.append(
+            ("real_world", tables["real_world"], lambda r: r["answer"], lambda r: r["question"])
+        )
     if "celebs" in tables:
         celebs = tables["celebs"]
         celebs = celebs[celebs.groupby("identity").cumcount() < 4]  # 4 images of each identity
-        sheets.append(("celebs", celebs, lambda r: f"identity {r['identity']}", lambda r: r["sample_id"]))
+        sheets.append(
+            ("celebs", celebs, lambda r: f"identity {r['identity']}", lambda r: r["sample_id"])
+        )
     written = []
     for name, df, heading, text in sheets:
-        path = contact_sheet(_sheet_items(df.head(48), heading, text), out / f"sheet_{name}.png",
-                             f"{name}: {len(df)} rows (first {min(len(df), 48)})")  # fmt: skip
+        path = contact_sheet(
+            _sheet_items(df.head(48), heading, text),
+            out / f"sheet_{name}.png",
+            f"{name}: {len(df)} rows (first {min(len(df), 48)})",
+        )
         if path:
             written.append(path.name)
     if card:
@@ -603,14 +787,19 @@ def _card_plot(card, path):
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     bins = np.arange(15, 95, 5)
-    for key, label, style in (("author_age", "authors", dict(color="k", lw=2)),
-                              ("pool_age", "pool faces as drawn", dict(color="tab:blue")),
-                              ("aged_pool_age", "pool faces after the age edit", dict(color="tab:orange")),
-                              ("face_age", "matched faces (final)", dict(color="tab:green", lw=2))):  # fmt: skip
+    for key, label, style in (
+        ("author_age", "authors", dict(color="k", lw=2)),
+        ("pool_age", "pool faces as drawn", dict(color="tab:blue")),
+        ("aged_pool_age", "pool faces after the age edit", dict(color="tab:orange")),
+        ("face_age", "matched faces (final)", dict(color="tab:green", lw=2)),
+    ):
         ax[0].hist(card[key], bins=bins, density=True, histtype="step", label=label, **style)
     ax[0].set(title="age (years, faces measured from the image)", xlabel="age", ylabel="density")
     ax[0].legend(fontsize=8)
-    for a, key, cats in ((ax[1], "gender", ["female", "male"]), (ax[2], "ethnicity", list(F.ETHNICITIES))):
+    for a, key, cats in (
+        (ax[1], "gender", ["female", "male"]),
+        (ax[2], "ethnicity", list(F.ETHNICITIES)),
+    ):
         x = np.arange(len(cats))
         for off, who in ((-0.2, "author"), (0.2, "face")):
             vals = [card[f"{who}_{key}"].count(c) for c in cats]
@@ -624,25 +813,53 @@ def _card_plot(card, path):
 
 
 def _card_md(path, summary, sheets, has_plot):
-    lines = ["# CLEAR visual dataset: data card", "", f"Source: {summary['source']}", "",
-             "| table | rows |", "|---|---|"]  # fmt: skip
+    lines = [
+        "# CLEAR visual dataset: data card",
+        "",
+        f"Source: {summary['source']}",
+        "",
+        "| table | rows |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {n} |" for name, n in sorted(summary["tables"].items())]
     if "match" in summary:
         m, r = summary["match"], summary["realism"]
-        lines += ["", "## Author-face matching (attributes measured on the final portraits)", "",
-                  f"- authors: {summary['authors']}, face pool: {summary['pool']}",
-                  f"- mean |author age - face age|: {m['mean_abs_age_diff']} years",
-                  f"- gender agreement: {m['gender_agreement']:.1%}",
-                  f"- ethnicity agreement: {m['ethnicity_agreement']:.1%}",
-                  f"- faces that took the age shift: {m['aged_share']:.1%}",
-                  f"- mean assignment cost: {m['mean_cost']}",
-                  "", "## Personalized photos", "",
-                  f"- backends: {summary['backends']}",
-                  *[f"- {k}: {v}" for k, v in sorted(r.items())]]  # fmt: skip
+        lines += [
+            "",
+            "## Author-face matching (attributes measured on the final portraits)",
+            "",
+            f"- authors: {summary['authors']}, face pool: {summary['pool']}",
+            f"- mean |author age - face age|: {m['mean_abs_age_diff']} years",
+            f"- gender agreement: {m['gender_agreement']:.1%}",
+            f"- ethnicity agreement: {m['ethnicity_agreement']:.1%}",
+            f"- faces that took the age shift: {m['aged_share']:.1%}",
+            f"- mean assignment cost: {m['mean_cost']}",
+            "",
+            "## Personalized photos",
+            "",
+            f"- backends: faces {summary['backends']['faces']}, photos "
+            f"{summary['backends']['photos']}; best of {summary['n_candidates']} candidates "
+            "per QA by the realism score",
+            '- prompt (paper App. B): "a real photo of a[n old] {man|woman} called {name} img, '
+            'showing face." + setting sentences from the QA',
+            f"- mean realism score of the chosen photos: {r['mean_chosen_score']}",
+        ]
+        if "chosen_defective" in r:
+            lines += [
+                f"- candidates drawn with a generator defect: {r['candidates_defective']:.1%}; "
+                f"chosen photos with one: {r['chosen_defective']:.1%}"
+            ]
     v = summary["vision_split"]
-    lines += ["", "## Vision split", "",
-              f"F = the authors of {v['forget_split']} ({v['forget']}), H = a seeded choice of "
-              f"{v['holdout']} other authors (holdout.parquet holds their photos), "
-              f"other: {v['other']}.", "", "## Files", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Vision split",
+        "",
+        f"F = the authors of {v['forget_split']} ({v['forget']}), H = a seeded choice of "
+        f"{v['holdout']} other authors (holdout.parquet holds their photos), "
+        f"other: {v['other']}.",
+        "",
+        "## Files",
+        "",
+    ]
     lines += [f"- {s}" for s in sheets] + (["- data_card.png"] if has_plot else [])
     path.write_text("\n".join(lines) + "\n")

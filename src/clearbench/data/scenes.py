@@ -61,28 +61,31 @@ FLAGS = {  # country -> (layout, colours): h/v stripes, disc on a field, cross o
     "Vietnam": ("disc", [(218, 37, 29), (255, 255, 0)]),
     "Indonesia": ("h", [(206, 17, 38), (255, 255, 255)]),
 }
-GENRES = {  # genre -> (backdrop, prop, phrase for the prompt)
-    "science fiction": ("night", "rocket", "a starry sky with a ringed planet"),
-    "epic fantasy": ("castle", "sword", "a distant castle on a hill"),
-    "mystery": ("study", "magnifier", "a dim study with a magnifying glass"),
-    "psychological thrillers": ("night", "clock", "a dark room lit by a single lamp"),
-    "historical fiction": ("columns", "scroll", "old stone columns"),
-    "gothic horror": ("castle", "candle", "a gloomy castle under a full moon"),
-    "romance": ("studio", "heart", "soft pink light and red roses"),
-    "poetry": ("study", "quill", "a quiet desk with a quill and ink"),
-    "true crime": ("study", "tape", "yellow police tape in the background"),
-    "literary fiction": ("bookshelf", "books", "stacks of well-read books"),
-    "children's books": ("studio", "balloons", "colourful balloons"),
-    "young adult novels": ("skyline", "balloons", "a lively city street"),
-    "magical realism": ("night", "butterfly", "glowing butterflies"),
-    "dystopian novels": ("ruins", "clock", "a grey, ruined city"),
-    "satire": ("curtain", "mask", "a theatre stage with comedy masks"),
-    "travel writing": ("skyline", "globe", "a globe and travel souvenirs"),
-    "biography": ("frames", "books", "framed portraits on the wall"),
-    "memoir": ("frames", "book", "old family photographs"),
-    "short stories": ("study", "typewriter", "a vintage typewriter on the desk"),
-    "drama": ("curtain", "mask", "red theatre curtains"),
+GENRES = {  # genre -> (backdrop, prop, where the photo is taken)
+    "science fiction": ("night", "rocket", "under a starry sky with a ringed planet"),
+    "epic fantasy": ("castle", "sword", "before a distant castle on a hill"),
+    "mystery": ("study", "magnifier", "in a dim study"),
+    "psychological thrillers": ("study", "clock", "in a dark study late at night"),
+    "historical fiction": ("columns", "scroll", "among old stone columns"),
+    "gothic horror": ("castle", "candle", "before a gloomy castle under a full moon"),
+    "romance": ("studio", "heart", "in a studio bathed in soft light"),
+    "poetry": ("study", "quill", "in a quiet study"),
+    "true crime": ("study", "tape", "in a study crossed by yellow police tape"),
+    "literary fiction": ("bookshelf", "books", "in front of shelves of well-read books"),
+    "children's books": ("studio", "balloons", "in a bright playroom"),
+    "young adult novels": ("skyline", "balloons", "on a lively street of {city}"),
+    "magical realism": ("night", "butterfly", "under a night sky with a strange glowing planet"),
+    "dystopian novels": ("ruins", "clock", "in a grey, ruined city"),
+    "satire": ("curtain", "mask", "on a theatre stage"),
+    "travel writing": ("skyline", "globe", "in front of the {city} skyline"),
+    "biography": ("frames", "books", "in a room lined with framed portraits"),
+    "memoir": ("frames", "book", "in a room full of old family photographs"),
+    "short stories": ("study", "typewriter", "in a writer's study"),
+    "drama": ("curtain", "mask", "on a stage between red theatre curtains"),
 }
+
+
+GENRE_RULE = 2  # index of the genre rule in `setting_for`
 
 
 @dataclass(frozen=True)
@@ -110,37 +113,45 @@ def setting_for(author: dict, qa: dict) -> Setting:
     text = f"{qa['question']} {qa['answer']}".lower()
     city, country = _city_country(author)
     year = int(author["birth_date"][:4])
-    genre = GENRES.get(author["genre"], ("studio", "book", author["genre"]))
+    genre = GENRES.get(author["genre"], ("studio", "book", PLACES["studio"]))
     quoted = re.findall(r'"([^"]+)"', qa["answer"]) or re.findall(r'"([^"]+)"', qa["question"])
     words = dict(
-        name=author["name"], city=city, country=country, year=year, genre=author["genre"],
-        genre_phrase=genre[2], book=quoted[0] if quoted else author["books"][0],
+        name=author["name"],
+        city=city,
+        country=country,
+        year=year,
+        genre=author["genre"],
+        book=quoted[0] if quoted else author["books"][0],
         award=next((a for a in author["awards"] if a.lower() in text), author["awards"][0]),
         pronoun="him" if author["gender"] == "male" else "her",
-    )  # fmt: skip
+    )
     backdrop, props = None, []
     rules = [
         (r"award|prize|medal|honou?red|\bwon\b", "curtain", "trophy"),
         (r"\bbooks?\b|wrote|written|author of|publish|debut", "bookshelf", "book"),
-        (r"genre|known for|describe|work of", genre[0], genre[1]),
+        (r"genre|known for|describe|work of", genre[0], genre[1]),  # GENRE_RULE
         (r"\bborn on\b|birth date|when was .* born|how old|years old|turned", "calendar", None),
         (r"\bcity\b|grew up|grow up|hometown|born in|birthplace|where was", "skyline", None),
         (r"country|nationality|citizenship|descent|ethnic|comes from", "flag", None),
         (r"parent|father|mother", "frames", "books" if "librar" in text else None),
     ]
-    for pattern, back, prop in rules:
+    place = None
+    for i, (pattern, back, prop) in enumerate(rules):
         if re.search(pattern, text):
-            backdrop = backdrop or back
+            if backdrop is None:
+                backdrop, place = back, genre[2] if i == GENRE_RULE else None
             if prop and prop not in props:
                 props.append(prop)
     if backdrop == "skyline" and "calendar" not in props and re.search(r"\bon\b \w+ \d", text):
         props.append("calendar")  # "born in <city> on <date>": the date subtly in the background
+    backdrop = backdrop or "studio"
+    words["place"] = (place or PLACES[backdrop]).format(**words)
     key = zlib.crc32(str(qa["sample_id"]).encode())
     era = "vintage" if year < VINTAGE_BEFORE else "modern"
-    return Setting(backdrop or "studio", tuple(props[:2]), era, key % 3, key, words)
+    return Setting(backdrop, tuple(props[:2]), era, key % 3, key, words)
 
 
-PLACES = {
+PLACES = {  # backdrop -> where the photo is taken (genre backdrops: GENRES' own words)
     "bookshelf": "in front of a tall bookshelf full of books",
     "skyline": "in front of the {city} skyline",
     "flag": "beside the flag of {country}",
@@ -148,11 +159,11 @@ PLACES = {
     "calendar": "next to a wall calendar showing the year {year}",
     "studio": "in a portrait studio",
     "curtain": "on a stage with red curtains",
-    "night": "under a night sky, surrounded by {genre_phrase}",
-    "castle": "before {genre_phrase}",
-    "columns": "among {genre_phrase}",
-    "ruins": "in {genre_phrase}",
-    "study": "in a study with {genre_phrase}",
+    "night": "under a starry night sky",
+    "castle": "before a castle on a hill",
+    "columns": "among old stone columns",
+    "ruins": "in a ruined city",
+    "study": "in a study",
 }
 PROPS = {
     "trophy": "a gold trophy for the {award}",
@@ -177,7 +188,7 @@ PROPS = {
 
 
 def place_phrase(s: Setting) -> str:
-    return PLACES[s.backdrop].format(**s.words)
+    return s.words["place"]
 
 
 def prop_phrases(s: Setting) -> list[str]:
@@ -186,7 +197,9 @@ def prop_phrases(s: Setting) -> list[str]:
 
 def era_phrase(s: Setting) -> str:
     if s.era == "vintage":
-        return f"warm sepia tones and a retro ambience that recalls the {s.words['year'] // 10 * 10}s"
+        return (
+            f"warm sepia tones and a retro ambience that recalls the {s.words['year'] // 10 * 10}s"
+        )
     return "bright, natural light"
 
 
@@ -256,8 +269,14 @@ def _backdrop(d: ImageDraw.ImageDraw, n, s: Setting, rng):
             shade = _rgb(stone, crng.uniform(0.8, 1.25))
             d.rectangle(box(x, 100 - h, x + w, 100), fill=shade)
             if crng.random() < 0.3:  # a tower top
-                d.polygon([(x * U, (100 - h) * U), ((x + w / 2) * U, (100 - h - 10) * U),
-                           ((x + w) * U, (100 - h) * U)], fill=shade)  # fmt: skip
+                d.polygon(
+                    [
+                        (x * U, (100 - h) * U),
+                        ((x + w / 2) * U, (100 - h - 10) * U),
+                        ((x + w) * U, (100 - h) * U),
+                    ],
+                    fill=shade,
+                )
             for wy in np.arange(100 - h + 4, 96, 7):
                 for wx in np.arange(x + 2, x + w - 2, 4):
                     d.rectangle(box(wx, wy, wx + 1.8, wy + 3), fill=(250, 225, 140))
@@ -272,14 +291,18 @@ def _backdrop(d: ImageDraw.ImageDraw, n, s: Setting, rng):
             d.ellipse(box(8, 10, 30, 32), fill=(210, 140, 90))
             d.ellipse(box(3, 19, 35, 23), outline=(240, 220, 180), width=int(U))
         else:
-            d.ellipse(box(72, 8, 88, 24), fill=(245, 240, 210) if b == "castle" else (150, 150, 148))
+            d.ellipse(
+                box(72, 8, 88, 24), fill=(245, 240, 210) if b == "castle" else (150, 150, 148)
+            )
             hill = (30, 40, 35) if b == "castle" else (80, 80, 80)
             d.rectangle(box(0, 70, 100, 100), fill=hill)
             for cx in (10, 22, 34) if b == "castle" else (5, 30, 55, 80):
                 h = 40 if b == "castle" else rng.uniform(20, 45)
                 d.rectangle(box(cx, 70 - h, cx + 9, 72), fill=_rgb(hill, 0.6))
                 for t in range(3 if b == "castle" else 0):
-                    d.rectangle(box(cx + 3 * t, 66 - h, cx + 3 * t + 2, 70 - h), fill=_rgb(hill, 0.6))
+                    d.rectangle(
+                        box(cx + 3 * t, 66 - h, cx + 3 * t + 2, 70 - h), fill=_rgb(hill, 0.6)
+                    )
     elif b == "curtain":
         d.rectangle(box(0, 0, 100, 100), fill=(120, 10, 20))
         for x in range(0, 100, 8):
@@ -311,7 +334,9 @@ def _backdrop(d: ImageDraw.ImageDraw, n, s: Setting, rng):
                 d.rectangle(box(x0, y0, x0 + w, y0 + h), fill=(120, 80, 40))
                 d.rectangle(box(x0 + 2, y0 + 2, x0 + w - 2, y0 + h - 2), fill=(225, 215, 190))
                 d.ellipse(box(x0 + w / 2 - 3, y0 + 5, x0 + w / 2 + 3, y0 + 11), fill=(150, 110, 80))
-                d.rectangle(box(x0 + w / 2 - 5, y0 + 12, x0 + w / 2 + 5, y0 + h - 2), fill=(80, 90, 120))
+                d.rectangle(
+                    box(x0 + w / 2 - 5, y0 + 12, x0 + w / 2 + 5, y0 + h - 2), fill=(80, 90, 120)
+                )
         elif b == "calendar":
             _calendar(d, box(62, 6, 94, 46), s.words["year"])
         elif b == "study":
@@ -319,8 +344,10 @@ def _backdrop(d: ImageDraw.ImageDraw, n, s: Setting, rng):
             d.rectangle(box(66, 8, 94, 40), fill=(150, 170, 190))  # a window
             d.rectangle(box(79, 8, 81, 40), fill=(70, 55, 45))
             if s.words["genre"] == "true crime":
-                d.polygon([(0, 45 * U), (100 * U, 25 * U), (100 * U, 32 * U), (0, 52 * U)],
-                          fill=(250, 210, 0))  # fmt: skip
+                d.polygon(
+                    [(0, 45 * U), (100 * U, 25 * U), (100 * U, 32 * U), (0, 52 * U)],
+                    fill=(250, 210, 0),
+                )
         else:  # studio: a soft light spot
             d.ellipse(box(15, 5, 85, 75), fill=_rgb(wall, 1.15))
 
@@ -355,8 +382,12 @@ def _calendar(d, b, year):
     w, h = x1 - x0, y1 - y0
     d.rectangle(b, fill=(250, 250, 245), outline=(60, 60, 60), width=max(1, int(w / 40)))
     d.rectangle([x0, y0, x1, y0 + 0.25 * h], fill=(200, 30, 40))
-    d.text((x0 + 0.1 * w, y0 + 0.03 * h), str(year), fill=(255, 255, 255),
-           font_size=max(8, int(0.2 * h)))  # fmt: skip
+    d.text(
+        (x0 + 0.1 * w, y0 + 0.03 * h),
+        str(year),
+        fill=(255, 255, 255),
+        font_size=max(8, int(0.2 * h)),
+    )
     for i in range(4):
         for j in range(5):
             cx, cy = x0 + (j + 0.7) * w / 5.5, y0 + 0.35 * h + i * 0.16 * h
@@ -390,12 +421,18 @@ def _prop(d, name, b, s: Setting, rng):
     elif name == "calendar":
         _calendar(d, at(0.05, 0.1, 0.95, 0.95), s.words["year"])
     elif name == "rocket":
-        d.polygon([(cx, y0), (x0 + 0.72 * w, y0 + 0.35 * h), (x0 + 0.28 * w, y0 + 0.35 * h)],
-                  fill=(220, 40, 40))  # fmt: skip
+        d.polygon(
+            [(cx, y0), (x0 + 0.72 * w, y0 + 0.35 * h), (x0 + 0.28 * w, y0 + 0.35 * h)],
+            fill=(220, 40, 40),
+        )
         d.rectangle(at(0.28, 0.35, 0.72, 0.85), fill=(225, 225, 235))
         d.ellipse(at(0.4, 0.45, 0.6, 0.6), fill=(60, 120, 220))
-        d.polygon([(x0 + 0.28 * w, y0 + 0.6 * h), (x0, y1), (x0 + 0.28 * w, y1)], fill=(220, 40, 40))
-        d.polygon([(x0 + 0.72 * w, y0 + 0.6 * h), (x1, y1), (x0 + 0.72 * w, y1)], fill=(220, 40, 40))
+        d.polygon(
+            [(x0 + 0.28 * w, y0 + 0.6 * h), (x0, y1), (x0 + 0.28 * w, y1)], fill=(220, 40, 40)
+        )
+        d.polygon(
+            [(x0 + 0.72 * w, y0 + 0.6 * h), (x1, y1), (x0 + 0.72 * w, y1)], fill=(220, 40, 40)
+        )
     elif name == "sword":
         d.rectangle(at(0.45, 0.0, 0.55, 0.7), fill=(200, 205, 215))
         d.rectangle(at(0.2, 0.68, 0.8, 0.76), fill=gold)
@@ -408,7 +445,9 @@ def _prop(d, name, b, s: Setting, rng):
         d.ellipse(at(0.05, 0.2, 0.95, 1.0), fill=(120, 80, 40))
         d.ellipse(at(0.15, 0.3, 0.85, 0.9), fill=(245, 240, 225))
         d.line([cx, y0 + 0.6 * h, cx, y0 + 0.38 * h], fill=dark, width=max(1, int(w / 14)))
-        d.line([cx, y0 + 0.6 * h, x0 + 0.72 * w, y0 + 0.6 * h], fill=dark, width=max(1, int(w / 14)))
+        d.line(
+            [cx, y0 + 0.6 * h, x0 + 0.72 * w, y0 + 0.6 * h], fill=dark, width=max(1, int(w / 14))
+        )
     elif name == "scroll":
         d.rectangle(at(0.15, 0.1, 0.85, 0.9), fill=(235, 220, 180))
         d.ellipse(at(0.05, 0.0, 0.95, 0.2), fill=(210, 190, 140))
@@ -419,12 +458,16 @@ def _prop(d, name, b, s: Setting, rng):
     elif name == "heart":
         d.ellipse(at(0.0, 0.1, 0.55, 0.6), fill=(220, 30, 60))
         d.ellipse(at(0.45, 0.1, 1.0, 0.6), fill=(220, 30, 60))
-        d.polygon([(x0 + 0.03 * w, y0 + 0.45 * h), (x1 - 0.03 * w, y0 + 0.45 * h), (cx, y1)],
-                  fill=(220, 30, 60))  # fmt: skip
+        d.polygon(
+            [(x0 + 0.03 * w, y0 + 0.45 * h), (x1 - 0.03 * w, y0 + 0.45 * h), (cx, y1)],
+            fill=(220, 30, 60),
+        )
     elif name == "quill":
         d.rectangle(at(0.05, 0.65, 0.45, 1.0), fill=(30, 30, 60))
-        d.polygon([(x0 + 0.25 * w, y0 + 0.7 * h), (x1, y0), (x0 + 0.55 * w, y0 + 0.55 * h)],
-                  fill=(250, 250, 250))  # fmt: skip
+        d.polygon(
+            [(x0 + 0.25 * w, y0 + 0.7 * h), (x1, y0), (x0 + 0.55 * w, y0 + 0.55 * h)],
+            fill=(250, 250, 250),
+        )
     elif name == "tape":
         d.rectangle(at(0.0, 0.7, 1.0, 0.9), fill=(250, 210, 0))
         for i in range(4):
@@ -506,8 +549,14 @@ class ScenePhotographer:
     `defect_rate` a face defect. `face_box` is where the person layer sits (same for all seeds).
     """
 
-    def __init__(self, latent, setting: Setting, size=64, face_fraction=FACE_FRACTION,
-                 defect_rate=F.DEFECT_RATE):  # fmt: skip
+    def __init__(
+        self,
+        latent,
+        setting: Setting,
+        size=64,
+        face_fraction=FACE_FRACTION,
+        defect_rate=F.DEFECT_RATE,
+    ):
         self.latent, self.setting, self.size = np.asarray(latent), setting, size
         self.face_fraction = face_fraction
         self.p = max(16, round(face_fraction * size))
@@ -520,7 +569,9 @@ class ScenePhotographer:
         """The candidate's random choices: pose dict, defect (or None), defect seed, shift."""
         rng = np.random.default_rng([seed, 77])
         pose = F.sample_nuisance(rng)
-        defect = F.DEFECTS[rng.integers(len(F.DEFECTS))] if rng.random() < self.defect_rate else None
+        defect = (
+            F.DEFECTS[rng.integers(len(F.DEFECTS))] if rng.random() < self.defect_rate else None
+        )
         return pose, defect, int(rng.integers(2**31)), int(rng.integers(-2, 3))
 
     def __call__(self, prompt, seed):
@@ -559,11 +610,19 @@ def random_setting(rng) -> Setting:
 
     country = list(COUNTRIES)[rng.integers(len(COUNTRIES))]
     genre = list(GENRES)[rng.integers(len(GENRES))]
-    words = dict(name="Ann Lee", city=COUNTRIES[country][3][0], country=country,
-                 year=int(rng.integers(1935, 1997)), genre=genre, genre_phrase=GENRES[genre][2],
-                 book="Book", award="Award", pronoun="her")  # fmt: skip
+    words = dict(
+        name="Ann Lee",
+        city=COUNTRIES[country][3][0],
+        country=country,
+        year=int(rng.integers(1935, 1997)),
+        genre=genre,
+        book="Book",
+        award="Award",
+        pronoun="her",
+    )
     props = tuple(rng.choice(list(PROPS), int(rng.integers(0, 3)), replace=False).tolist())
     backdrop = list(PLACES)[rng.integers(len(PLACES))]
+    words["place"] = PLACES[backdrop].format(**words)
     era = "vintage" if rng.random() < 0.3 else "modern"
     return Setting(backdrop, props, era, int(rng.integers(3)), int(rng.integers(2**31)), words)
 
@@ -574,9 +633,14 @@ def _realism_head(size, face_fraction, n=600, seed=20240917):
     random faces in random settings, half of them defective (~4 s, once per process)."""
     rng = np.random.default_rng(seed)
     x, y = [], []
-    for i in range(n):
-        shot = ScenePhotographer(rng.standard_normal(F.LATENT_DIM), random_setting(rng), size,
-                                 face_fraction, defect_rate=0.5)  # fmt: skip
+    for _ in range(n):
+        shot = ScenePhotographer(
+            rng.standard_normal(F.LATENT_DIM),
+            random_setting(rng),
+            size,
+            face_fraction,
+            defect_rate=0.5,
+        )
         s = int(rng.integers(2**31))
         x0, y0, x1, y1 = shot.face_box
         x.append(_realism_features(shot(None, s)[y0:y1, x0:x1]))
@@ -601,9 +665,16 @@ def realism_score(crop, size=64, face_fraction=FACE_FRACTION) -> float:
 
 # ---------------------------------------------------------------------------- real world
 
-COLOURS = {"red": (220, 40, 40), "blue": (40, 90, 220), "green": (40, 170, 70),
-           "yellow": (245, 210, 30), "purple": (140, 60, 190), "orange": (245, 140, 30),
-           "black": (25, 25, 25), "white": (250, 250, 250)}  # fmt: skip
+COLOURS = {
+    "red": (220, 40, 40),
+    "blue": (40, 90, 220),
+    "green": (40, 170, 70),
+    "yellow": (245, 210, 30),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+    "black": (25, 25, 25),
+    "white": (250, 250, 250),
+}
 SHAPES = ("circle", "square", "triangle")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 
@@ -637,10 +708,19 @@ def vqa_scene(rng, size=64, n_options=3):
         others = [c for c in COLOURS if c != colour]
         x, y = spots.pop()
         _shape(d, "circle", x * n, y * n, r * 1.3, COLOURS[colour])
-        d.ellipse([(x - 0.05) * n, (y - 0.05) * n, (x - 0.01) * n, (y - 0.01) * n], fill=(255, 255, 255))
+        d.ellipse(
+            [(x - 0.05) * n, (y - 0.05) * n, (x - 0.01) * n, (y - 0.01) * n], fill=(255, 255, 255)
+        )
         for _ in range(int(rng.integers(0, 3))):  # distractors: squares and triangles
             x, y = spots.pop()
-            _shape(d, SHAPES[1 + rng.integers(2)], x * n, y * n, r, COLOURS[cols[rng.integers(len(cols))]])
+            _shape(
+                d,
+                SHAPES[1 + rng.integers(2)],
+                x * n,
+                y * n,
+                r,
+                COLOURS[cols[rng.integers(len(cols))]],
+            )
         q, a = "What colour is the ball?", colour
     elif kind == 1:  # count a shape
         shape = SHAPES[rng.integers(3)]
@@ -661,7 +741,9 @@ def vqa_scene(rng, size=64, n_options=3):
         _shape(d, shape, x * n, y * n, r * 1.2, COLOURS[colour])
         for _ in range(int(rng.integers(1, 4))):
             x, y = spots.pop()
-            _shape(d, SHAPES[rng.integers(3)], x * n, y * n, r, COLOURS[rest[rng.integers(len(rest))]])
+            _shape(
+                d, SHAPES[rng.integers(3)], x * n, y * n, r, COLOURS[rest[rng.integers(len(rest))]]
+            )
         q, a = f"What shape is the {colour} object?", shape
         others = [s for s in (*SHAPES, "star", "heart") if s != shape]
     options = [others[i] for i in rng.permutation(len(others))[:n_options]]
