@@ -8,6 +8,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+
+envvars:
+    "PATH",
+
+
 # jobs call `python -m clearbench`: make that the interpreter running Snakemake (e.g. .venv's),
 # even when the environment was not activated
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -37,3 +42,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "results/leaderboard.csv",
+        CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],

@@ -13,7 +13,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml"))]
+PROFILES = [
+    "params.yaml",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")),
+]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -68,7 +71,9 @@ def test_dvc_stages_match_snakemake_phases():
         assert set(allowed) <= rules, f"{name}: unknown rules {set(allowed) - rules}"
         # every output Snakemake makes for this phase lies inside one of the stage's outs
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
-        phase_files = {p for p in produced if not any(p.startswith(o) for o in _upstream(stages, name))}
+        phase_files = {
+            p for p in produced if not any(p.startswith(o) for o in _upstream(stages, name))
+        }
         for path in phase_files:
             assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs), (
                 f"stage {name}: Snakemake output {path} is not under any dvc out {outs}"

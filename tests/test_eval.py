@@ -79,7 +79,9 @@ def test_subset_is_seeded_and_stable(text_data):
 def test_diverged_model_gets_empty_table(tmp_path, text_data):
     save_chain(tmp_path / "m", base="unused", adapters=[], status="diverged")
     out = tmp_path / "e.parquet"
-    result = evaluate(str(tmp_path / "m"), {"forget": str(text_data / "forget10.parquet")}, str(out), HP)
+    result = evaluate(
+        str(tmp_path / "m"), {"forget": str(text_data / "forget10.parquet")}, str(out), HP
+    )
     assert result == {"status": "diverged", "rows": 0}
     assert pq.read_schema(out).names == EVAL_SCHEMA.names and len(pd.read_parquet(out)) == 0
 

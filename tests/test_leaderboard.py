@@ -37,7 +37,9 @@ def test_rules_and_rank(tmp_path):
     by = board.set_index(board.method + "/" + board.l1.astype(str))
     assert by.loc["ga/False", "status"] == "failed-retain" and pd.isna(by.loc["ga/False", "rank"])
     assert by.loc["retain_ft/True", "status"] == "diverged"
-    assert by.loc["gd/True", "rank"] == 1 and by.loc["gd/False", "rank"] == 2, "lower forget ranks first"
+    assert by.loc["gd/True", "rank"] == 1 and by.loc["gd/False", "rank"] == 2, (
+        "lower forget ranks first"
+    )
     assert board[board.method.isin(["original", "gold"])]["rank"].isna().all()
     assert (tmp_path / "plots/text_forget10.png").stat().st_size > 1000
     assert "| gd |" in (tmp_path / "tables/text_forget10.md").read_text()

@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from clearbench.models.factory import ModelError, build_model, load_model, load_tokenizer, save_chain
+from clearbench.models.factory import (
+    ModelError,
+    build_model,
+    load_model,
+    load_tokenizer,
+    save_chain,
+)
 from clearbench.models.tokenizer import train_tokenizer
 from tests.conftest import TINY
 
@@ -27,8 +33,10 @@ def test_config_model_saved_and_loaded_as_checkpoint(tmp_path):
     again = build_model({"checkpoint": str(tmp_path)})  # the same path the paper profile takes
     ids = torch.tensor([[1, 5, 7, 9]])
     assert torch.allclose(model(ids).logits, again(ids).logits)
-    assert build_model({"config": TINY}, vocab_size=300, seed=3).state_dict()["lm_head.weight"].equal(
-        model.state_dict()["lm_head.weight"]
+    assert (
+        build_model({"config": TINY}, vocab_size=300, seed=3)
+        .state_dict()["lm_head.weight"]
+        .equal(model.state_dict()["lm_head.weight"])
     ), "same seed must give the same init"
 
 
@@ -52,3 +60,22 @@ def test_model_json_is_written_last(tmp_path):
     save_chain(tmp_path, base="b", adapters=["a"], status="ok")
     assert json.loads((tmp_path / "model.json").read_text())["adapters"] == ["a"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_finetuning_is_bit_for_bit_repeatable(base_dir, text_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from clearbench.train.text import finetune
+    from tests.conftest import LORA
+
+    hp = {"seed": 5, "max_len": 128, "epochs": 2, "lr": 5e-3, "weight_decay": 0.0,
+          "batch_size": 8, "lora": LORA}  # fmt: skip
+    runs = []
+    for name in ("a", "b"):
+        finetune(str(base_dir), str(text_data / "full.parquet"), str(tmp_path / name), hp)
+        runs.append(load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors")))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    finetune(str(base_dir), str(text_data / "full.parquet"), str(tmp_path / "c"), hp | {"seed": 6})
+    other = load_file(str(tmp_path / "c" / "adapter" / "adapter_model.safetensors"))
+    assert not all(torch.equal(runs[0][k], other[k]) for k in runs[0])

@@ -16,8 +16,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SKIP = {".git", ".venv", ".snakemake", "data", "results", "logs", "benchmarks", ".pytest_cache",
-        ".ruff_cache", "__pycache__", "tmp"}  # fmt: skip
+TOP_LEVEL_SKIP = {".git", ".venv", ".snakemake", "data", "results", "logs", "benchmarks",
+                  ".pytest_cache", ".ruff_cache", "tmp"}  # fmt: skip
+
+
+def skipped(folder: str, names: list[str]) -> list[str]:
+    top = Path(folder) == ROOT
+    return [n for n in names if n == "__pycache__" or (top and n in TOP_LEVEL_SKIP)]
 
 
 def merge(base: dict, overlay: dict) -> dict:
@@ -32,7 +37,9 @@ def merge(base: dict, overlay: dict) -> dict:
 def run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done.stdout + done.stderr
 
 
@@ -40,7 +47,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def project(tmp_path_factory) -> Path:
     """A scratch copy of the project whose params.yaml is the smoke profile, under git + DVC."""
     dest = tmp_path_factory.mktemp("e2e") / "clearbench"
-    shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP])
+    shutil.copytree(ROOT, dest, ignore=skipped)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
                    yaml.safe_load((ROOT / "config/smoke.yaml").read_text()))  # fmt: skip
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -70,9 +70,10 @@ def test_every_run_records_chain_and_time(runs, original_dir):
     for run in runs.values():
         meta = read_model_json(run)
         assert meta["status"] == "ok" and meta["rte_seconds"] > 0
-        assert meta["adapters"][: len(read_model_json(original_dir)["adapters"])] == read_model_json(
-            original_dir
-        )["adapters"]
+        assert (
+            meta["adapters"][: len(read_model_json(original_dir)["adapters"])]
+            == read_model_json(original_dir)["adapters"]
+        )
 
 
 def test_nan_loss_marks_diverged_without_crash(original_dir, text_data, tmp_path):

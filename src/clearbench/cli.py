@@ -33,6 +33,12 @@ def cmd_data_text(a) -> dict:
     )
 
 
+def cmd_data_clear(a) -> dict:
+    from clearbench.data.clear import build_clear_dataset
+
+    return build_clear_dataset(a.text, a.out, a.hp)
+
+
 def cmd_base(a) -> dict:
     from clearbench.train.text import pretrain_base
 
@@ -68,6 +74,13 @@ def cmd_leaderboard(a) -> dict:
     return build_leaderboard(a.metrics, a.models, a.out, a.tables, a.plots, a.hp)
 
 
+def cmd_benchmarks(a) -> dict:
+    from clearbench.report.bench import collect, summary
+
+    print(summary(a.folder, a.top), file=sys.stderr)
+    return {"jobs": len(collect(a.folder))}
+
+
 def json_arg(text: str) -> dict:
     try:
         return json.loads(text)
@@ -87,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
         return s
 
     s = stage("data-text", cmd_data_text, "synthesize authors or import TOFU; write the splits")
+    s.add_argument("--out", required=True)
+    s = stage("data-clear", cmd_data_clear, "faces, personalized photos and the CLEAR splits")
+    s.add_argument("--text", required=True, help="the text dataset folder (authors, splits)")
     s.add_argument("--out", required=True)
     s = stage("base", cmd_base, "tokenizer + base model (pretrained here or a checkpoint)")
     s.add_argument("--qa", nargs="+", required=True, help="general-knowledge QA tables")
@@ -112,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)
+    s = stage("benchmarks", cmd_benchmarks, "summarize benchmarks/ (slowest jobs first)")
+    s.add_argument("folder", nargs="?", default="benchmarks")
+    s.add_argument("--top", type=int, default=10)
     # metrics and mia own their argument parsing (they are the public scoring contracts)
     sub.add_parser("metrics", help="score a per-sample table (DESIGN section 6)", add_help=False)
     sub.add_parser("mia", help="U-LIRA / U-MIA from a vision scores table", add_help=False)

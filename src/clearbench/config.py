@@ -37,8 +37,11 @@ def schema_errors(config: dict, schema_path: Path = SCHEMA) -> list[str]:
 
 
 def check(config: dict, known_methods: list[str] | None = None, root: Path | None = None) -> None:
-    """Raise ConfigError with one line for the first problem found."""
-    errors = schema_errors(config)
+    """Raise ConfigError with one line for the first problem found.
+
+    `root` is the workflow folder: its schema and relative paths are the ones that apply.
+    """
+    errors = schema_errors(config, root / SCHEMA.relative_to(SCHEMA.parents[2]) if root else SCHEMA)
     if errors:
         raise ConfigError(f"params error at {errors[0]}")
     fractions = config["data"]["forget_fractions"]

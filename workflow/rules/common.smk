@@ -87,6 +87,11 @@ def text_data_hp():
     )
 
 
+def clear_data_hp():
+    clear = {k: v for k, v in config["data"]["clear"].items() if k != "build"}
+    return hp(seed=config["seed"], progress=True, **clear)
+
+
 def train_hp(section, **extra):
     """A training section of params plus what every trainer needs."""
     return hp(seed=config["seed"], max_len=config["text"]["max_len"], **section, **extra)

@@ -26,7 +26,44 @@ rule text_data:
         "python -m clearbench data-text --hp {params.hp:q} --out {params.out} > {log} 2>&1"
 
 
+CLEAR_DATA = "data/clear"
+CLEAR_TABLES = (
+    ["faces", "full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world", "celebs"]
+    + list(FRACTIONS)
+    + [retain_of(s) for s in FRACTIONS]
+)
+CLEAR_OUTPUTS = expand("{d}/{t}.parquet", d=CLEAR_DATA, t=CLEAR_TABLES) + [
+    f"{CLEAR_DATA}/data_card.md",
+    f"{CLEAR_DATA}/data_card.png",
+]
+
+
+rule clear_data:
+    """Face pool -> attributes -> author/face matching -> age edit -> personalized photos (best
+    of N) -> captions -> splits, contact sheets and data card (DESIGN section 4)."""
+    input:
+        text=expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
+        code=src("data/clear", "data/scenes", "data/faces", "data/backends"),
+    output:
+        CLEAR_OUTPUTS,
+    params:
+        hp=clear_data_hp(),
+        text=lambda w, input: Path(input.text[0]).parent,
+        out=lambda w, output: Path(output[0]).parent,
+    log:
+        "logs/data/clear.log",
+    benchmark:
+        "benchmarks/data/clear.tsv"
+    threads: 1
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m clearbench data-clear --hp {params.hp:q} --text {params.text}"
+        " --out {params.out} > {log} 2>&1"
+
+
 rule data:
     """Phase target (dvc.yaml stage `data`)."""
     input:
         rules.text_data.output,
+        CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],

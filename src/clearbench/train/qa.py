@@ -18,7 +18,11 @@ def encode(tok, question: str, answer: str, max_len: int) -> tuple[list[int], li
     prompt = tok(PROMPT.format(question=question), add_special_tokens=False).input_ids
     target = tok(" " + answer.strip(), add_special_tokens=False).input_ids + [tok.eos_token_id]
     target = target[: max_len - 1]
-    prompt = prompt[len(prompt) + len(target) - max_len :] if len(prompt) + len(target) > max_len else prompt
+    prompt = (
+        prompt[len(prompt) + len(target) - max_len :]
+        if len(prompt) + len(target) > max_len
+        else prompt
+    )
     return prompt + target, [-100] * len(prompt) + target
 
 

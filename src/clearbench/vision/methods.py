@@ -38,8 +38,9 @@ def register(name):
 class Step:
     """One unlearning step for M models (see module docstring)."""
 
-    def __init__(self, student, teacher, xf, yf, xr, yr, class_mask, retain_mask, gens, params,
-                 loss_hp=None):  # fmt: skip
+    def __init__(
+        self, student, teacher, xf, yf, xr, yr, class_mask, retain_mask, gens, params, loss_hp=None
+    ):
         self.student_fn, self.teacher_fn = student, teacher
         self.xf, self.yf, self.xr, self.yr = xf, yf, xr, yr
         self.class_mask = class_mask  # (M, C) identities the original model trained on
@@ -77,9 +78,13 @@ class Step:
 
     def random_labels(self, n):
         """Per model, n identities drawn uniformly from its retain identities."""
+        if not self.retain_mask.any(1).all():
+            raise ValueError("a model has no retain identity to draw replacement labels from")
         w = self.retain_mask.float()
-        rows = [torch.multinomial(w[k], n, replacement=True, generator=g)
-                for k, g in enumerate(self.gens)]  # fmt: skip
+        rows = [
+            torch.multinomial(w[k], n, replacement=True, generator=g)
+            for k, g in enumerate(self.gens)
+        ]
         return torch.stack(rows)
 
 
@@ -109,8 +114,10 @@ def augment(x, gens, shift=3, noise=0.3, jitter=0.3):
     cols = (off[:, 1, None] + torch.arange(w))[:, None, :]
     x = pad[torch.arange(m * b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
     x = x.reshape(m, b, c, h, w)
-    gain = 1 + jitter * (2 * rnd(b, 2) - 1)
-    x = x * gain[..., 0, None, None, None] + 2 * jitter * (gain[..., 1, None, None, None] - 1)
+    u = rnd(b, 2)
+    contrast = 1 + jitter * (2 * u[..., 0] - 1)
+    brightness = jitter * (2 * u[..., 1] - 1)
+    x = x * contrast.view(m, b, 1, 1, 1) + brightness.view(m, b, 1, 1, 1)
     eps = torch.stack([torch.randn(b, c, h, w, generator=g) for g in gens])
     return x + noise * eps.to(x.dtype)
 
@@ -230,10 +237,24 @@ class UnlearnTask:
     teacher: the original models' State (same rows); seeds (M,) per-model random streams.
     """
 
-    def __init__(self, method, pixels, labels, forget_plan, retain_plan, class_mask, retain_mask,
-                 teacher, seeds, method_hp=None, loss_hp=None):  # fmt: skip
+    def __init__(
+        self,
+        method,
+        pixels,
+        labels,
+        forget_plan,
+        retain_plan,
+        class_mask,
+        retain_mask,
+        teacher,
+        seeds,
+        method_hp=None,
+        loss_hp=None,
+    ):
         if method not in METHODS:
-            raise ValueError(f"unknown vision unlearning method '{method}'; known: {sorted(METHODS)}")
+            raise ValueError(
+                f"unknown vision unlearning method '{method}'; known: {sorted(METHODS)}"
+            )
         self.fn, self.method_hp = METHODS[method], dict(method_hp or {})
         self.pixels, self.labels = pixels, torch.as_tensor(labels)
         self.fplan, self.rplan = torch.as_tensor(forget_plan), torch.as_tensor(retain_plan)
@@ -255,7 +276,17 @@ class UnlearnTask:
 
         fi, ri = self.fplan[rows, t], self.rplan[rows, t]
         gens = [torch.Generator().manual_seed(int(self.seeds[r]) * 1_000_003 + t) for r in rows]
-        step = Step(student, teacher, self.pixels[fi], self.labels[fi], self.pixels[ri],
-                    self.labels[ri], self.class_mask[rows], self.retain_mask[rows], gens,
-                    ctx["params"], self.loss_hp)  # fmt: skip
+        step = Step(
+            student,
+            teacher,
+            self.pixels[fi],
+            self.labels[fi],
+            self.pixels[ri],
+            self.labels[ri],
+            self.class_mask[rows],
+            self.retain_mask[rows],
+            gens,
+            ctx["params"],
+            self.loss_hp,
+        )
         return self.fn(step, **self.method_hp)

@@ -114,7 +114,10 @@ def load_model(path) -> IdentityModel:
     head = torch.load(path / HEAD_FILE, weights_only=True)
     num_classes, dim = head["classes"].shape
     model = IdentityModel(build_backbone({"checkpoint": str(path)}), dim, num_classes)
-    model.load_state_dict(head, strict=False)
+    missing, unexpected = model.load_state_dict(head, strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]  # those came from the HF save
+    if missing or unexpected:
+        raise ModelError(f"{path / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
     return model
 
 

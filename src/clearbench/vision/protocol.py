@@ -24,7 +24,6 @@ import argparse
 import copy
 import io
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -49,12 +48,14 @@ DEFAULT_HP = dict(
     model=dict(config=vm.TINY_CONFIG, embedding_dim=64),  # or checkpoint: microsoft/resnet-18
     loss=dict(kind="cosface", s=16.0, m=0.2),
     # Paper App. E: SGD lr 0.1, batch 256, weight decay 5e-5, 20 epochs (pretraining: 100).
-    pretrain=dict(epochs=20, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-5,
-                  test_fraction=0.2),  # fmt: skip
-    train=dict(epochs=20, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-5),
+    pretrain=dict(
+        epochs=20, batch_size=64, lr=0.1, momentum=0.0, weight_decay=5e-5, test_fraction=0.2
+    ),
+    train=dict(epochs=20, batch_size=64, lr=0.1, momentum=0.0, weight_decay=5e-5),
     # Unlearning: the paper gives no vision values; epochs over each model's forget pool.
-    unlearn=dict(epochs=5, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-5,
-                 method_hp={}),  # fmt: skip  method_hp: {name: {kwarg: v, lr: .., epochs: ..}}
+    unlearn=dict(
+        epochs=5, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-5, method_hp={}
+    ),  # method_hp: {name: {kwarg: v, lr: .., epochs: ..}}
 )
 OPT_KEYS = ("lr", "momentum", "weight_decay")
 
@@ -139,8 +140,15 @@ def vision_data(full, split, size=32, n_enroll=5) -> VisionData:
     forget, holdout = cls("forget"), cls("holdout")
     if len(forget) == 0 or len(holdout) == 0:
         raise ValueError("vision split needs forget and holdout identities")
-    return VisionData(vm.to_pixels(images), labels, ids["sample_id"].to_numpy(), identities,
-                      forget, holdout, rank < n_enroll)  # fmt: skip
+    return VisionData(
+        vm.to_pixels(images),
+        labels,
+        ids["sample_id"].to_numpy(),
+        identities,
+        forget,
+        holdout,
+        rank < n_enroll,
+    )
 
 
 # ----------------------------------------------------------------------- assignment
@@ -191,6 +199,7 @@ def make_assignment(n_classes, forget, holdout, n_models, seed=0) -> Assignment:
 
 
 def assignment_for(data: VisionData, hp) -> Assignment:
+    hp = merge(DEFAULT_HP, hp)
     return make_assignment(data.n_classes, data.forget, data.holdout, hp["n_models"], hp["seed"])
 
 
@@ -224,10 +233,15 @@ def pretrain(images, identity, hp) -> tuple[vm.IdentityModel, dict]:
     if p["epochs"] > 0:
         tr_pixels = pixels[torch.as_tensor(is_train)]
         pool = [np.arange(len(train_labels))]
-        plan = ens.index_plan(pool, ens.steps_for(pool, p["epochs"], p["batch_size"]),
-                              p["batch_size"], [seed_of(hp["seed"], 22)])  # fmt: skip
-        task = ens.IdentityTask(tr_pixels, train_labels, plan, np.ones((1, len(train_ids)), bool),
-                                hp["loss"])  # fmt: skip
+        plan = ens.index_plan(
+            pool,
+            ens.steps_for(pool, p["epochs"], p["batch_size"]),
+            p["batch_size"],
+            [seed_of(hp["seed"], 22)],
+        )
+        task = ens.IdentityTask(
+            tr_pixels, train_labels, plan, np.ones((1, len(train_ids)), bool), hp["loss"]
+        )
         state = ens.train(ens.stack([model]), task, opt_of(p), vectorized=False)
         if not state.meta["alive"][0]:
             raise RuntimeError("pretraining diverged (non-finite loss); lower pretrain.lr")
@@ -252,8 +266,9 @@ def _first_n(labels, n):
     return out
 
 
-def train_models(base: vm.IdentityModel, data: VisionData, hp, models=None, gold=False,
-                 vectorized=True) -> ens.State:  # fmt: skip
+def train_models(
+    base: vm.IdentityModel, data: VisionData, hp, models=None, gold=False, vectorized=True
+) -> ens.State:
     """Finetune the M protocol models (or the `models` subset) from the pretrained `base`.
 
     Every model starts from the same pretrained backbone with its own classifier init (seeded
@@ -263,39 +278,67 @@ def train_models(base: vm.IdentityModel, data: VisionData, hp, models=None, gold
     a = assignment_for(data, hp)
     rows = list(range(hp["n_models"])) if models is None else list(models)
     mask = (a.retain if gold else a.train)[rows]
-    nets = [copy.deepcopy(base).new_classes(data.n_classes, seed_of(hp["seed"], k, 31) % 2**31)
-            for k in rows]  # fmt: skip
+    nets = [
+        copy.deepcopy(base).new_classes(data.n_classes, seed_of(hp["seed"], k, 31) % 2**31)
+        for k in rows
+    ]
     state = ens.stack(nets, rows, meta=dict(kind="gold" if gold else "original"))
     p = hp["train"]
     pl = pools(data, mask)
-    plan = ens.index_plan(pl, ens.steps_for(pl, p["epochs"], p["batch_size"]), p["batch_size"],
-                          [seed_of(hp["seed"], k, 32) for k in rows])  # fmt: skip
+    plan = ens.index_plan(
+        pl,
+        ens.steps_for(pl, p["epochs"], p["batch_size"]),
+        p["batch_size"],
+        [seed_of(hp["seed"], k, 32) for k in rows],
+    )
     task = ens.IdentityTask(data.pixels, data.labels, plan, mask, hp["loss"])
     out = ens.train(state, task, opt_of(p), chunk=hp["chunk"], vectorized=vectorized)
     out.meta.update(status=["ok" if ok else "diverged" for ok in out.meta["alive"]])
     return out
 
 
-def unlearn_models(state: ens.State, data: VisionData, method: str, hp) -> ens.State:
-    """Unlearn every model of `state` on its own forget side with `method`; record RTE."""
+def unlearn_task(state: ens.State, data: VisionData, method: str, hp):
+    """The unlearning task of `state`'s models and its optimizer settings: model k unlearns
+    its forget side (all its photos) with retain batches of its retain identities; the
+    teacher is `state` itself (the original models). Per-method overrides come from
+    unlearn.method_hp.<method> (lr, momentum, weight_decay, epochs, batch_size, method kwargs).
+    """
     hp = merge(DEFAULT_HP, hp)
     a = assignment_for(data, hp)
-    rows = state.model_ids
-    u = hp["unlearn"]
+    rows, u = state.model_ids, hp["unlearn"]
     mhp = dict(u.get("method_hp", {}).get(method, {}))
     opt = ens.Opt(**{k: mhp.pop(k, u[k]) for k in OPT_KEYS})
     epochs, batch = mhp.pop("epochs", u["epochs"]), mhp.pop("batch_size", u["batch_size"])
     fpool, rpool = pools(data, a.side[rows]), pools(data, a.retain[rows])
     n_steps = ens.steps_for(fpool, epochs, batch)
-    fplan = ens.index_plan(fpool, n_steps, batch, [seed_of(hp["seed"], k, 41) for k in rows])
-    rplan = ens.index_plan(rpool, n_steps, batch, [seed_of(hp["seed"], k, 42) for k in rows])
-    task = vmethods.UnlearnTask(method, data.pixels, data.labels, fplan, rplan, a.train[rows],
-                                a.retain[rows], state, [seed_of(hp["seed"], k, 43) % 2**31
-                                                        for k in rows], mhp, hp["loss"])  # fmt: skip
-    out = ens.train(state, task, opt, chunk=hp["chunk"])
+    seeds = lambda tag: [seed_of(hp["seed"], k, tag) for k in rows]  # noqa: E731
+    task = vmethods.UnlearnTask(
+        method,
+        data.pixels,
+        data.labels,
+        forget_plan=ens.index_plan(fpool, n_steps, batch, seeds(41)),
+        retain_plan=ens.index_plan(rpool, n_steps, batch, seeds(42)),
+        class_mask=a.train[rows],
+        retain_mask=a.retain[rows],
+        teacher=state,
+        seeds=[s % 2**31 for s in seeds(43)],
+        method_hp=mhp,
+        loss_hp=hp["loss"],
+    )
+    return task, opt
+
+
+def unlearn_models(state: ens.State, data: VisionData, method: str, hp, vectorized=True):
+    """Unlearn every model of `state` on its own forget side with `method`; record RTE
+    (meta["rte_seconds"]: wall time of the whole family) and per-model status."""
+    hp = merge(DEFAULT_HP, hp)
+    task, opt = unlearn_task(state, data, method, hp)
+    out = ens.train(state, task, opt, chunk=hp["chunk"], vectorized=vectorized)
     before = state.meta.get("status", ["ok"] * state.n)
-    status = ["diverged" if (not ok or b != "ok") else "ok"
-              for ok, b in zip(out.meta["alive"], before, strict=True)]  # fmt: skip
+    status = [
+        "diverged" if (not ok or b != "ok") else "ok"
+        for ok, b in zip(out.meta["alive"], before, strict=True)
+    ]
     out.meta.update(kind=method, status=status, rte_seconds=out.meta["seconds"])
     return out
 
@@ -316,18 +359,30 @@ def score_models(state: ens.State, data: VisionData, hp) -> pd.DataFrame:
             continue  # a diverged model has no trustworthy scores: no rows, status says why
         group = a.groups(k)[data.labels]
         keep = (group != None) & ~data.enroll  # noqa: E711  (object array)
-        frames.append(pd.DataFrame(dict(
-            model=np.full(keep.sum(), k, dtype=np.int64),
-            role=a.role[k],
-            group=group[keep].astype(str),
-            identity=data.identities[data.labels[keep]],
-            sample_id=data.sample_ids[keep],
-            phi=phi[r][keep].astype(np.float64),
-            correct=correct[r][keep],
-        )))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                dict(
+                    model=np.full(keep.sum(), k, dtype=np.int64),
+                    role=a.role[k],
+                    group=group[keep].astype(str),
+                    identity=data.identities[data.labels[keep]],
+                    sample_id=data.sample_ids[keep],
+                    phi=phi[r][keep].astype(np.float64),
+                    correct=correct[r][keep],
+                )
+            )
+        )
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            mia.COLUMNS, ["int64", object, object, "int64", object, "float64", bool], strict=True)})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in zip(
+                    mia.COLUMNS,
+                    ["int64", object, object, "int64", object, "float64", bool],
+                    strict=True,
+                )
+            }
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -411,12 +466,30 @@ def main(argv=None):
             s.add_argument("--pretrained", required=True, help="folder written by pretrain")
             s.add_argument("--gold", action="store_true", help="train without the forget side")
             s.add_argument("--models", help="a:b, a slice of the M models (default: all)")
+        elif name == "unlearn":
+            s.add_argument("--state", required=True, help="state file of the original models")
         else:
-            s.add_argument("--state", required=True)
+            s.add_argument(
+                "--state",
+                required=True,
+                nargs="+",
+                help="state file(s): chunk files of one model family are scored together",
+            )
         if name == "unlearn":
             s.add_argument("--method", required=True, choices=sorted(vmethods.METHODS))
         if name == "score":
             s.add_argument("--metrics", help="also write the mia + status JSON here")
+    s = sub.add_parser("report", help="Figure 6 PNG + Table 2 CSV/Markdown from scores tables")
+    s.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES.parquet")
+    s.add_argument(
+        "--metrics",
+        nargs="*",
+        default=[],
+        metavar="NAME=METRICS.json",
+        help="score-step JSONs (status, rte_seconds) per name",
+    )
+    s.add_argument("--figure", required=True)
+    s.add_argument("--out", required=True, help="Table 2 CSV (Markdown beside it, .md)")
     for s in sub.choices.values():
         s.add_argument("--hp", help="vision hyperparameters: JSON string or params file")
         s.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
@@ -427,6 +500,17 @@ def main(argv=None):
     torch.manual_seed(hp["seed"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.step == "report":
+        from clearbench.vision import report
+
+        pairs = lambda items: dict(item.split("=", 1) for item in items)  # noqa: E731
+        scores = {k: pd.read_parquet(v) for k, v in pairs(args.scores).items()}
+        summary = {k: json.loads(Path(v).read_text()) for k, v in pairs(args.metrics).items()}
+        report.figure6(scores, args.figure)
+        table = report.table2(scores, summary)
+        report.write_table2(table, out, out.with_suffix(".md"))
+        print(report.to_markdown(table))
+        return 0
     if args.step == "pretrain":
         images, ids = load_images(args.celebs, hp["image_size"])
         model, metrics = pretrain(images, ids["identity"].to_numpy(), hp)
@@ -442,10 +526,20 @@ def main(argv=None):
     elif args.step == "unlearn":
         state = unlearn_models(ens.State.load(args.state), data, args.method, hp)
         state.save(out)
-        print(json.dumps(dict(method=args.method, rte_seconds=state.meta["rte_seconds"],
-                              status=state.meta["status"])))  # fmt: skip
+        print(
+            json.dumps(
+                dict(
+                    method=args.method,
+                    rte_seconds=state.meta["rte_seconds"],
+                    status=state.meta["status"],
+                )
+            )
+        )
     else:
-        state = ens.State.load(args.state)
+        parts = [ens.State.load(path) for path in args.state]
+        state = ens.cat(parts)
+        if all(p.meta.get("rte_seconds") is not None for p in parts):  # chunk jobs add up
+            state.meta["rte_seconds"] = sum(p.meta["rte_seconds"] for p in parts)
         scores = score_models(state, data, hp)
         scores.to_parquet(out, index=False)
         summary = summarize(state, scores)
