@@ -21,7 +21,9 @@ def mean_loss(model_dir, table):
     model, meta = load_model(model_dir)
     tok = load_tokenizer(meta["base"])
     df = read_qa(table)
-    return float(answer_losses(model, tok, list(zip(df.question, df.answer)), 128, 16).mean())
+    return float(
+        answer_losses(model, tok, list(zip(df.question, df.answer, strict=True)), 128, 16).mean()
+    )
 
 
 @pytest.fixture(scope="module")
