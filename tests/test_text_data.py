@@ -65,7 +65,7 @@ def test_other_seed_other_data(syn):
 
 def test_written_files_and_summary(syn):
     root, summary = syn
-    expected = {"authors", "full", "retain_eval", "real_authors", "world_facts"}
+    expected = {"authors", "full", "retain_eval", "real_authors", "world_facts", "background"}
     expected |= {n for pair in T.split_names(FRACTIONS) for n in pair}
     assert {p.stem for p in (root / "a").iterdir()} == expected
     assert summary["authors"] == N_AUTHORS and summary["full"] == N_AUTHORS * QA
@@ -304,3 +304,21 @@ def test_tofu_missing_file(tmp_path):
     with pytest.raises(T.DataError, match="forget05_perturbed.json"):
         build(tmp_path / "out", source={"kind": "tofu", "path": str(partial)})
     assert not (tmp_path / "out").exists()
+
+
+def test_background_people_are_never_authors(tmp_path):
+    kw = dict(source={"kind": "synthetic"}, seed=3, n_authors=5, qa_per_author=4,
+              forget_fractions=FRACTIONS, n_general=4)  # fmt: skip
+    T.build_text_dataset(out_dir=tmp_path / "with", n_background=3, **kw)
+    T.build_text_dataset(out_dir=tmp_path / "without", n_background=0, **kw)
+    background = T.read_qa(tmp_path / "with" / "background.parquet")
+    authors = T.read_authors(tmp_path / "with" / "authors.parquet")
+    assert background.author.nunique() == 3 and len(background) == 3 * 4
+    assert set(background.author).isdisjoint(authors.name)
+    assert not set(background.sample_id) & set(
+        T.read_qa(tmp_path / "with" / "full.parquet").sample_id
+    )
+    # adding background people changes nothing about the authors (make_authors is prefix-stable)
+    for name in ("full.parquet", "authors.parquet"):
+        assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name).read_bytes()
+    assert len(T.read_qa(tmp_path / "without" / "background.parquet")) == 0

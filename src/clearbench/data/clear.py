@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import time
 import zlib
@@ -38,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
@@ -46,7 +44,7 @@ from tqdm.auto import tqdm
 from clearbench.data import faces as F
 from clearbench.data import scenes
 from clearbench.data.authors import COUNTRIES, FACE_ETHNICITY, make_name
-from clearbench.data.text import DataError, read_authors, read_qa
+from clearbench.data.text import DataError, read_authors, read_qa, write_table
 
 DEFAULTS = {
     "seed": 0,
@@ -316,15 +314,7 @@ def write_parquet(rows, schema: pa.Schema, path: Path) -> None:
     """rows (list of dicts or a DataFrame) -> Parquet, atomically (temp file + os.replace)."""
     if isinstance(rows, pd.DataFrame):
         rows = rows.to_dict("records")
-    table = pa.Table.from_pylist(
-        [{f.name: r[f.name] for f in schema} for r in rows], with_hf_metadata(schema)
-    )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_table(rows, with_hf_metadata(schema), path)
 
 
 def decode(image: dict) -> np.ndarray:

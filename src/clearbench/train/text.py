@@ -54,6 +54,27 @@ def epochs_of_batches(rows, batch_size: int, epochs: int, gen: torch.Generator):
         yield from batches(rows, batch_size, gen)
 
 
+def fit_nll(model, tok, rows, hp: dict, gen: torch.Generator, desc: str) -> list[float]:
+    """`hp["epochs"]` shuffled epochs of answer-NLL descent over (question, answer) rows."""
+    return optimize(
+        model,
+        epochs_of_batches(rows, hp["batch_size"], hp["epochs"], gen),
+        nll_step(model, tok, hp["max_len"]),
+        lr=hp["lr"],
+        weight_decay=hp["weight_decay"],
+        total=hp["epochs"] * -(-len(rows) // hp["batch_size"]),
+        desc=desc,
+    )
+
+
+def fresh_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
 def nll_step(model, tok, max_len: int):
     def step_loss(rows):
         batch = collate([encode(tok, q, a, max_len) for q, a in rows], tok.pad_token_id)
@@ -67,10 +88,7 @@ def pretrain_base(qa_paths: list[str], corpus_paths: list[str], out_dir: str, hp
 
     With a checkpoint in `hp["model"]`, the base *is* that checkpoint: nothing is trained.
     """
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_dir(out_dir)
     spec = hp["model"]
     if spec.get("checkpoint"):
         load_tokenizer(spec["checkpoint"])  # fail here, not in every downstream job
@@ -81,16 +99,7 @@ def pretrain_base(qa_paths: list[str], corpus_paths: list[str], out_dir: str, hp
     gen = seeded(hp["seed"])
     model = build_model(spec, vocab_size=len(tok), seed=hp["seed"])
     rows = [r for p in qa_paths for r in qa_rows(p)]
-    n_steps = hp["epochs"] * -(-len(rows) // hp["batch_size"])
-    losses = optimize(
-        model,
-        epochs_of_batches(rows, hp["batch_size"], hp["epochs"], gen),
-        nll_step(model, tok, hp["max_len"]),
-        lr=hp["lr"],
-        weight_decay=hp["weight_decay"],
-        total=n_steps,
-        desc="pretrain base",
-    )
+    losses = fit_nll(model, tok, rows, hp, gen, "pretrain base")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     save_chain(
@@ -130,37 +139,33 @@ def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict, replay: list
     at a high learning rate keeps what the Real metric measures; original and gold get the
     same replay, so forget quality compares like with like.
     """
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model, meta = load_model(base_dir)
-    tok = load_tokenizer(meta["base"])
-    gen = seeded(hp["seed"])
-    model = add_lora(model, hp["lora"])
+    out, model, tok, meta, gen = start_adapter_run(base_dir, out_dir, hp)
     rows = qa_rows(data_path) + [r for p in replay for r in qa_rows(p)]
-    n_steps = hp["epochs"] * -(-len(rows) // hp["batch_size"])
-    start = time.perf_counter()
-    status, losses = "ok", []
+    start, status, losses = time.perf_counter(), "ok", []
     try:
-        losses = optimize(
-            model,
-            epochs_of_batches(rows, hp["batch_size"], hp["epochs"], gen),
-            nll_step(model, tok, hp["max_len"]),
-            lr=hp["lr"],
-            weight_decay=hp["weight_decay"],
-            total=n_steps,
-            desc=f"finetune {out.name}",
-        )
+        losses = fit_nll(model, tok, rows, hp, gen, f"finetune {out.name}")
     except Diverged:
         status = "diverged"
-    adapter = save_adapter(model, out)
-    save_chain(
-        out,
-        base=meta["base"],
-        adapters=meta["adapters"] + [adapter],
-        status=status,
-        rte_seconds=time.perf_counter() - start,
-        final_loss=losses[-1] if losses else None,
-    )
-    return {"status": status, "final_loss": losses[-1] if losses else None}
+    return finish_adapter_run(out, model, meta, status, time.perf_counter() - start, losses)
+
+
+def start_adapter_run(source_dir: str, out_dir: str, hp: dict):
+    """A fresh output folder, the source model with its chain merged, its tokenizer, a seeded
+    generator and a new LoRA adapter to train: how finetuning and unlearning both begin."""
+    out = fresh_dir(out_dir)
+    model, meta = load_model(source_dir)
+    tok = load_tokenizer(meta["base"])
+    gen = seeded(hp["seed"])
+    return out, add_lora(model, hp["lora"]), tok, meta, gen
+
+
+def finish_adapter_run(out: Path, model, meta: dict, status: str, seconds: float, losses) -> dict:
+    """Save the adapter and the chain; a diverged run keeps no adapter (NaN weights are never
+    evaluated) and records its status instead."""
+    adapters = list(meta["adapters"])
+    if status == "ok":
+        adapters.append(save_adapter(model, out))
+    final = losses[-1] if losses else None
+    save_chain(out, base=meta["base"], adapters=adapters, status=status, rte_seconds=seconds,
+               final_loss=final)  # fmt: skip
+    return {"status": status, "final_loss": final}

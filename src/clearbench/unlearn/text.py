@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import torch
 
-from clearbench.models.factory import load_model, load_tokenizer, save_chain
 from clearbench.train.loop import Diverged, optimize
 from clearbench.train.qa import batches
-from clearbench.train.text import add_lora, qa_rows, save_adapter, seeded
+from clearbench.train.text import finish_adapter_run, qa_rows, start_adapter_run
 from clearbench.unlearn.methods import METHODS, Context, lora_l1
 
 
@@ -27,14 +24,7 @@ def unlearn(original_dir: str, forget_path: str, retain_path: str, out_dir: str,
     method = hp["method"]
     if method not in METHODS:
         raise ValueError(f"unlearn.method: unknown method '{method}' (known: {', '.join(METHODS)})")
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model, meta = load_model(original_dir)
-    tok = load_tokenizer(meta["base"])
-    gen = seeded(hp["seed"])
-    model = add_lora(model, hp["lora"])
+    out, model, tok, meta, gen = start_adapter_run(original_dir, out_dir, hp)
     ctx = Context(model=model, tok=tok, max_len=hp["max_len"], hp=hp)
     objective, l1 = METHODS[method], hp["l1_lambda"]
 
@@ -44,8 +34,7 @@ def unlearn(original_dir: str, forget_path: str, retain_path: str, out_dir: str,
 
     forget, retain = qa_rows(forget_path), qa_rows(retain_path)
     total = hp["epochs"] * -(-len(forget) // hp["batch_size"])
-    start = time.perf_counter()
-    status, losses, adapters = "ok", [], list(meta["adapters"])
+    start, status, losses = time.perf_counter(), "ok", []
     try:
         losses = optimize(
             model,
@@ -56,15 +45,6 @@ def unlearn(original_dir: str, forget_path: str, retain_path: str, out_dir: str,
             total=total,
             desc=f"unlearn {out.name}",
         )
-        adapters.append(save_adapter(model, out))
     except Diverged:
-        status = "diverged"  # no adapter: a NaN model is never evaluated
-    save_chain(
-        out,
-        base=meta["base"],
-        adapters=adapters,
-        status=status,
-        rte_seconds=time.perf_counter() - start,
-        final_loss=losses[-1] if losses else None,
-    )
-    return {"status": status}
+        status = "diverged"
+    return finish_adapter_run(out, model, meta, status, time.perf_counter() - start, losses)
