@@ -321,22 +321,23 @@ def _accuracy(state, data, hp, group):
 
 
 def test_neggrad_unlearns_a_model_that_knows_its_forget_set(tables):
-    # built for it: 32 px, a wider net and long full-batch training, so that the two models
-    # identify their forget identities; neggrad must then break that and keep retain
+    # built for it: 32 px, a wider net and long full-batch training, so that the models
+    # identify their forget identities; neggrad must then break that and mostly keep retain.
+    # Four models (two per side) average out the 3-photos-per-identity granularity.
     data32 = P.vision_data(tables[1], tables[2], size=32, n_enroll=5)
     tiny = {"config": vm.TINY_CONFIG, "embedding_dim": 16}
-    hp = P.merge(HP, dict(image_size=32, model=tiny, train=dict(epochs=40, batch_size=32, lr=0.1,
-                          momentum=0.0), unlearn=dict(epochs=3, batch_size=16, lr=0.01, momentum=0.9)))  # fmt: skip
-    base = vm.build_model(tiny, 1, seed=0)
-    state = P.train_models(base, data32, hp, models=[0, 4])
+    train = dict(epochs=40, batch_size=32, lr=0.1, momentum=0.0)
+    unlearn = dict(epochs=3, batch_size=16, lr=0.01, momentum=0.9)
+    hp = P.merge(HP, dict(image_size=32, model=tiny, train=train, unlearn=unlearn))
+    state = P.train_models(vm.build_model(tiny, 1, seed=0), data32, hp, models=[0, 1, 4, 5])
     before_f = _accuracy(state, data32, hp, "forget")
     before_r = _accuracy(state, data32, hp, "retain")
-    assert before_f >= 0.75, before_f
+    assert before_f >= 0.7, before_f
     after = P.unlearn_models(state, data32, "neggrad", hp)
     after_f = _accuracy(after, data32, hp, "forget")
     after_r = _accuracy(after, data32, hp, "retain")
-    assert after_f <= before_f - 0.4, (before_f, after_f)
-    assert after_r >= 0.5, (before_r, after_r)
+    assert after_f <= before_f - 0.25, (before_f, after_f)
+    assert after_r >= 0.5 and before_f - after_f > before_r - after_r, (before_r, after_r)
 
 
 def test_diverging_method_gives_status_and_no_rows(originals, data):
@@ -368,6 +369,7 @@ def test_figure6_and_table2(originals, data, tmp_path):
 
 
 def test_cli_steps_end_to_end(tables, tmp_path):
+    # the Snakemake steps, with the 4 models split into two chunk jobs scored together
     celebs, full, split = tables
     for name, df in (("celebs", celebs), ("full", full), ("split", split)):
         df.to_parquet(tmp_path / f"{name}.parquet")
@@ -376,16 +378,21 @@ def test_cli_steps_end_to_end(tables, tmp_path):
     common = ["--full", d["full"], "--split", d["split"], "--hp", hp]
     assert P.main(["pretrain", "--celebs", str(tmp_path / "celebs.parquet"),
                    "--out", str(tmp_path / "pre"), "--hp", hp]) == 0  # fmt: skip
-    assert P.main(["train", *common, "--pretrained", str(tmp_path / "pre"),
-                   "--out", str(tmp_path / "orig.pt")]) == 0  # fmt: skip
-    assert P.main(["unlearn", *common, "--state", str(tmp_path / "orig.pt"),
-                   "--method", "scrub_bio", "--out", str(tmp_path / "u.pt")]) == 0  # fmt: skip
-    assert P.main(["score", *common, "--state", str(tmp_path / "u.pt"),
+    assert json.loads((tmp_path / "pre" / "metrics.json").read_text())["n_train_ids"] == 3
+    for chunk in ("0:2", "2:4"):
+        tag = chunk.replace(":", "-")
+        assert P.main(["train", *common, "--pretrained", str(tmp_path / "pre"), "--models", chunk,
+                       "--out", str(tmp_path / f"orig{tag}.pt")]) == 0  # fmt: skip
+        assert P.main(["unlearn", *common, "--state", str(tmp_path / f"orig{tag}.pt"),
+                       "--method", "scrub_bio", "--out", str(tmp_path / f"u{tag}.pt")]) == 0  # fmt: skip
+    assert P.main(["score", *common, "--state", str(tmp_path / "u0-2.pt"), str(tmp_path / "u2-4.pt"),
                    "--out", str(tmp_path / "scores.parquet"),
                    "--metrics", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert sorted(scores["model"].unique()) == [0, 1, 2, 3]
     assert mia.main([str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "mia.json")]) == 0
     summary = json.loads((tmp_path / "m.json").read_text())
-    assert summary["status"] == "ok" and summary["rte_seconds"] > 0
+    assert summary["status"] == "ok" and summary["rte_seconds"] > 0 and summary["n_models"] == 4
     assert P.main(["report", "--scores", f"scrub_bio={tmp_path / 'scores.parquet'}",
                    "--metrics", f"scrub_bio={tmp_path / 'm.json'}",
                    "--figure", str(tmp_path / "fig6.png"), "--out", str(tmp_path / "t2.csv"),

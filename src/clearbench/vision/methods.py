@@ -80,12 +80,12 @@ class Step:
         """Per model, n identities drawn uniformly from its retain identities."""
         if not self.retain_mask.any(1).all():
             raise ValueError("a model has no retain identity to draw replacement labels from")
-        w = self.retain_mask.float()
+        w = self.retain_mask.float().cpu()  # the generators are CPU generators
         rows = [
             torch.multinomial(w[k], n, replacement=True, generator=g)
             for k, g in enumerate(self.gens)
         ]
-        return torch.stack(rows)
+        return torch.stack(rows).to(self.yf.device)
 
 
 def kl(log_p, log_q):
@@ -105,21 +105,22 @@ def augment(x, gens, shift=3, noise=0.3, jitter=0.3):
     """Per model, per image: random flip, translation (edge-replicated), brightness/contrast
     jitter and Gaussian noise, in normalised pixel units; drawn from the model's generator."""
     m, b, c, h, w = x.shape
-    rnd = lambda *shape: torch.stack([torch.rand(*shape, generator=g) for g in gens])  # noqa: E731
+    dev = x.device  # draws come from CPU generators (same numbers on any device), then move
+    rnd = lambda *shape: torch.stack([torch.rand(*shape, generator=g) for g in gens]).to(dev)  # noqa: E731
     flip = rnd(b) < 0.5
     x = torch.where(flip.view(m, b, 1, 1, 1), x.flip(-1), x)
     off = (rnd(b, 2) * (2 * shift + 1)).long().reshape(m * b, 2)  # 0 .. 2*shift
     pad = F.pad(x.reshape(m * b, c, h, w), (shift,) * 4, mode="replicate")
-    rows = (off[:, 0, None] + torch.arange(h))[:, :, None]
-    cols = (off[:, 1, None] + torch.arange(w))[:, None, :]
-    x = pad[torch.arange(m * b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    rows = (off[:, 0, None] + torch.arange(h, device=dev))[:, :, None]
+    cols = (off[:, 1, None] + torch.arange(w, device=dev))[:, None, :]
+    x = pad[torch.arange(m * b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
     x = x.reshape(m, b, c, h, w)
     u = rnd(b, 2)
     contrast = 1 + jitter * (2 * u[..., 0] - 1)
     brightness = jitter * (2 * u[..., 1] - 1)
     x = x * contrast.view(m, b, 1, 1, 1) + brightness.view(m, b, 1, 1, 1)
     eps = torch.stack([torch.randn(b, c, h, w, generator=g) for g in gens])
-    return x + noise * eps.to(x.dtype)
+    return x + noise * eps.to(dev, x.dtype)
 
 
 # --------------------------------------------------------------------------- methods
@@ -198,7 +199,7 @@ def rmu(step, layer=3, c=6.5, alpha=1.0, seed=0):
     keep retain features at the original's. c = 6.5 as in Li et al. 2024."""
     h_f, h_r, h_o = step.sf[2][layer], step.sr[2][layer], step.tr[2][layer]
     g = torch.Generator().manual_seed(seed)
-    u = torch.rand(h_f.shape[2], generator=g, dtype=h_f.dtype)
+    u = torch.rand(h_f.shape[2], generator=g, dtype=h_f.dtype).to(h_f.device)
     u = (c * u / u.norm()).view(1, 1, -1, 1, 1)
     l_f = (h_f - u).pow(2).sum(2).mean((-1, -2, -3))
     l_r = (h_r - h_o).pow(2).sum(2).mean((-1, -2, -3))
@@ -267,24 +268,25 @@ class UnlearnTask:
     def loss(self, t, rows, student, ctx):
         key = tuple(int(r) for r in rows)
         if self._teacher_rows != key:  # slice the teacher once per chunk
-            self._teacher_rows, self._teacher = key, self.teacher.take(rows)
+            self._teacher_rows = key
+            self._teacher = self.teacher.take(rows).to(ctx["device"])
         tp, tb = self._teacher.params, self._teacher.buffers
 
         def teacher(x):
             with torch.no_grad():
                 return ctx["fwd"](tp, tb, x, False)
 
-        fi, ri = self.fplan[rows, t], self.rplan[rows, t]
+        fi, ri, dev = self.fplan[rows, t], self.rplan[rows, t], ctx["device"]
         gens = [torch.Generator().manual_seed(int(self.seeds[r]) * 1_000_003 + t) for r in rows]
         step = Step(
             student,
             teacher,
-            self.pixels[fi],
-            self.labels[fi],
-            self.pixels[ri],
-            self.labels[ri],
-            self.class_mask[rows],
-            self.retain_mask[rows],
+            self.pixels[fi].to(dev),
+            self.labels[fi].to(dev),
+            self.pixels[ri].to(dev),
+            self.labels[ri].to(dev),
+            self.class_mask[rows].to(dev),
+            self.retain_mask[rows].to(dev),
             gens,
             ctx["params"],
             self.loss_hp,

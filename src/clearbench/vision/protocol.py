@@ -45,6 +45,7 @@ DEFAULT_HP = dict(
     n_enroll=5,  # enrollment images per identity (paper: 5)
     n_models=16,  # M, a multiple of 4 (paper: 128)
     chunk=16,  # models trained at once by one vmapped ensemble
+    device="cpu",  # cpu | cuda | auto (cuda when available); the paper profile wants a GPU
     model=dict(config=vm.TINY_CONFIG, embedding_dim=64),  # or checkpoint: microsoft/resnet-18
     loss=dict(kind="cosface", s=16.0, m=0.2),
     # Paper App. E: SGD lr 0.1, batch 256, weight decay 5e-5, 20 epochs (pretraining: 100).
@@ -71,6 +72,11 @@ def merge(base, over):
 def seed_of(*parts) -> int:
     """A 63-bit seed from a tuple of ints (model index, purpose, ...)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def device_of(hp) -> str:
+    d = hp.get("device", "cpu")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d
 
 
 def opt_of(section: dict) -> ens.Opt:
@@ -242,12 +248,14 @@ def pretrain(images, identity, hp) -> tuple[vm.IdentityModel, dict]:
         task = ens.IdentityTask(
             tr_pixels, train_labels, plan, np.ones((1, len(train_ids)), bool), hp["loss"]
         )
-        state = ens.train(ens.stack([model]), task, opt_of(p), vectorized=False)
+        state = ens.train(
+            ens.stack([model]), task, opt_of(p), vectorized=False, device=device_of(hp)
+        )
         if not state.meta["alive"][0]:
             raise RuntimeError("pretraining diverged (non-finite loss); lower pretrain.lr")
         model = ens.unstack(state, 0)
     metrics = dict(seconds=time.perf_counter() - t0, n_train_ids=len(train_ids), n_test_ids=n_test)
-    emb = ens.embed(ens.stack([model]), pixels)[0]
+    emb = ens.embed(ens.stack([model]), pixels, device=device_of(hp))[0]
     enroll = _first_n(labels, hp["n_enroll"])
     _, pred = vm.identify(emb, vm.enroll(emb, labels, enroll, len(ids)))
     right = (pred.numpy() == labels) & ~enroll
@@ -292,7 +300,7 @@ def train_models(
         [seed_of(hp["seed"], k, 32) for k in rows],
     )
     task = ens.IdentityTask(data.pixels, data.labels, plan, mask, hp["loss"])
-    out = ens.train(state, task, opt_of(p), chunk=hp["chunk"], vectorized=vectorized)
+    out = ens.train(state, task, opt_of(p), hp["chunk"], vectorized, device_of(hp))
     out.meta.update(status=["ok" if ok else "diverged" for ok in out.meta["alive"]])
     return out
 
@@ -333,7 +341,7 @@ def unlearn_models(state: ens.State, data: VisionData, method: str, hp, vectoriz
     (meta["rte_seconds"]: wall time of the whole family) and per-model status."""
     hp = merge(DEFAULT_HP, hp)
     task, opt = unlearn_task(state, data, method, hp)
-    out = ens.train(state, task, opt, chunk=hp["chunk"], vectorized=vectorized)
+    out = ens.train(state, task, opt, hp["chunk"], vectorized, device_of(hp))
     before = state.meta.get("status", ["ok"] * state.n)
     status = [
         "diverged" if (not ok or b != "ok") else "ok"
@@ -347,7 +355,7 @@ def score_models(state: ens.State, data: VisionData, hp) -> pd.DataFrame:
     """The scores table (DESIGN.md section 8) of every non-diverged model in `state`."""
     hp = merge(DEFAULT_HP, hp)
     a = assignment_for(data, hp)
-    emb = ens.embed(state, data.pixels, chunk=hp["chunk"])  # (M, N, D)
+    emb = ens.embed(state, data.pixels, hp["chunk"], device=device_of(hp))  # (M, N, D)
     cos, pred = vm.identify(emb, vm.enroll(emb, data.labels, data.enroll, data.n_classes))
     own = cos.gather(-1, torch.as_tensor(data.labels).expand(state.n, -1).unsqueeze(-1))[..., 0]
     phi = mia.phi_from_cosine(own.numpy())
@@ -457,8 +465,13 @@ def main(argv=None):
     s = sub.add_parser("pretrain", help="celebs.parquet -> pretrained model folder")
     s.add_argument("--celebs", required=True)
     s.add_argument("--out", required=True, help="model folder (save_pretrained + head)")
-    for name in ("train", "unlearn", "score"):
-        s = sub.add_parser(name)
+    helps = dict(
+        train="pretrained model -> state file of the M original (or --gold) models",
+        unlearn="original state + method -> unlearned state (RTE and status in its meta)",
+        score="state file(s) -> scores.parquet (+ --metrics JSON: mia, status, RTE)",
+    )
+    for name, text in helps.items():
+        s = sub.add_parser(name, help=text)
         s.add_argument("--full", required=True)
         s.add_argument("--split", required=True)
         s.add_argument("--out", required=True)

@@ -42,7 +42,11 @@ def figure6(scores: dict, path, bins=40):
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     phis = [s.loc[s["group"].isin(["forget", "holdout"]), "phi"] for s in scores.values()]
     finite = np.concatenate([p[np.isfinite(p)].to_numpy() for p in phis] or [np.zeros(1)])
-    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    # cos <= 0 maps to one floor value (phi_from_cosine clips); keep the axis on the bulk and
+    # let the clipped mass show up as the first bin instead of stretching the axis to it
+    floor = float(mia.phi_from_cosine(0.0))
+    bulk = finite[finite > floor + 1e-6]
+    lo, hi = np.percentile(bulk, [0.5, 99.5]) if bulk.size else (floor, floor + 1.0)
     edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
     for ax, name in zip(axes.flat, names, strict=False):
         df = scores[name]
@@ -59,7 +63,7 @@ def figure6(scores: dict, path, bins=40):
                     label=group,
                 )
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("phi (logit of cos to centroid)", fontsize=8)
+        ax.set_xlabel("phi = logit cos(emb, centroid); tails in edge bins", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
