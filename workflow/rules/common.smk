@@ -21,8 +21,9 @@ METHOD_NAMES = config["unlearn"]["methods"]
 L1_TAGS = ["l1" if on else "nol1" for on in config["unlearn"]["l1"]]
 MODALITIES = {"text": ["text"]}  # the text track has no visual modality
 THREADS = config["compute"]["threads"]
-# base pretraining runs alone in the DAG: let it use every core it is given (capped on clusters)
-SOLO_THREADS = max(THREADS, min(workflow.cores or 1, 8))
+# base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
+# the --cores given (reading workflow.cores here would break runs without --cores)
+SOLO_THREADS = max(THREADS, 8)
 
 
 def retain_of(split):
