@@ -1,6 +1,6 @@
 # clearbench: the CLEAR unlearning benchmark as one DAG.
 #   snakemake --cores 2 results/leaderboard.csv                       (default profile)
-#   snakemake --cores 2 --configfile config/smoke.yaml results/leaderboard.csv
+#   snakemake --cores 2 results/leaderboard.csv --configfile config/smoke.yaml
 import os
 import sys
 
