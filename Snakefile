@@ -29,6 +29,9 @@ wildcard_constraints:
     l1="l1|nol1",
     modality="text|visual|both",
     track="text",
+    vmethod="|".join(sorted(VISION_METHODS)),
+    family="|".join(["original", "gold", *sorted(VISION_METHODS)]),
+    chunk="[0-9]+-[0-9]+",
 
 
 include: "workflow/rules/data.smk"
@@ -36,6 +39,7 @@ include: "workflow/rules/base.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/unlearn.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/vision.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -43,3 +47,4 @@ rule all:
     input:
         "results/leaderboard.csv",
         CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
+        VISION_OUTPUTS if VISION_ON else [],

@@ -12,6 +12,7 @@ import yaml
 
 from clearbench.config import ConfigError, check
 from clearbench.unlearn.methods import METHODS
+from clearbench.vision.methods import METHODS as VISION_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -28,13 +29,13 @@ def with_change(path: str, value):
 
 
 def test_shipped_profiles_are_valid():
-    check(PARAMS, list(METHODS), ROOT)
+    check(PARAMS, list(METHODS), ROOT, list(VISION_METHODS))
     for overlay in (ROOT / "config").glob("*.yaml"):
         merged = copy.deepcopy(PARAMS)
         _merge(merged, yaml.safe_load(overlay.read_text()))
         if overlay.stem == "tofu" and not (ROOT / merged["data"]["text"]["tofu_dir"]).is_dir():
             continue  # the TOFU files are not on this machine
-        check(merged, list(METHODS), ROOT)
+        check(merged, list(METHODS), ROOT, list(VISION_METHODS))
 
 
 def _merge(base, overlay):
@@ -55,11 +56,16 @@ def _merge(base, overlay):
         ("data.splits", ["forget33"], "'forget33' is not a key of data.forget_fractions"),
         ("text.model", {"config": {"hidden_size": 8}}, "text.model.config"),
         ("seed", 1.5, "seed: 1.5 is not of type 'integer'"),
+        ("vision.n_models", 6, "vision.n_models: 6 is not a multiple of 4"),
+        ("vision.methods", ["scrub", "forget_all"], "vision.methods: unknown vision method"),
+        ("vision.unlearn.method_hp", {"scrubb": {}}, "vision.unlearn.method_hp: unknown vision"),
+        ("vision.loss", {"kind": "triplet"}, "vision.loss.kind"),
+        ("data.clear.build", False, "the vision track needs the CLEAR photos"),
     ],
 )
 def test_bad_value_names_the_key(path, value, needle):
     with pytest.raises(ConfigError) as err:
-        check(with_change(path, value), list(METHODS), ROOT)
+        check(with_change(path, value), list(METHODS), ROOT, list(VISION_METHODS))
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

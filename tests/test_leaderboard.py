@@ -43,3 +43,41 @@ def test_rules_and_rank(tmp_path):
     assert board[board.method.isin(["original", "gold"])]["rank"].isna().all()
     assert (tmp_path / "plots/text_forget10.png").stat().st_size > 1000
     assert "| gd |" in (tmp_path / "tables/text_forget10.md").read_text()
+
+
+def write_vision(tmp, family, retain_acc, u_lira, status="ok"):
+    s = tmp / "results/vision" / family / "summary.json"
+    s.parent.mkdir(parents=True)
+    s.write_text(json.dumps({"forget_acc": 0.5, "holdout_acc": 0.4, "retain_acc": retain_acc,
+                             "u_lira": u_lira, "u_mia": u_lira, "rte_seconds": 3.0,
+                             "status": status}))  # fmt: skip
+    return str(s)
+
+
+def test_vision_rows_rank_by_lira_closeness_among_methods_that_keep_retain(tmp_path):
+    vision = [
+        write_vision(tmp_path, "original", 0.9, 0.95),
+        write_vision(tmp_path, "gold", 0.9, 0.5),
+        write_vision(tmp_path, "neggrad", 0.2, 0.5),  # perfect attack score, retain destroyed
+        write_vision(tmp_path, "scrub", 0.8, 0.42),  # |0.42 - 0.5| = 0.08: below 0.5 counts too
+        write_vision(tmp_path, "twins", 0.85, 0.6),
+        write_vision(tmp_path, "rmu", 0.9, 0.7),
+        write_vision(tmp_path, "dpo", 0.9, None, status="diverged"),
+    ]
+    text = [write(tmp_path, "original", 0.8, 0.9, 0.9), write(tmp_path, "gold", 0.8, 0.9, 0.2)]
+    out = tmp_path / "leaderboard.csv"
+    build_leaderboard([m for m, _ in text], [d for _, d in text], str(out),
+                      str(tmp_path / "tables"), str(tmp_path / "plots"), {"retain_drop": 0.5},
+                      vision, "forget10")  # fmt: skip
+    board = pd.read_csv(out)
+    v = board[board.track == "vision"].set_index("method")
+    assert len(v) == 7 and (v.split == "forget10").all()
+    assert v.loc["neggrad", "status"] == "failed-retain" and pd.isna(v.loc["neggrad", "rank"])
+    assert v.loc["dpo", "status"] == "diverged"
+    assert [v.loc[m, "rank"] for m in ("scrub", "twins", "rmu")] == [1, 2, 3]
+    assert v.loc[["original", "gold"], "rank"].isna().all()
+    assert v.loc["scrub", "modality"] == "visual" and pd.isna(v.loc["gold", "modality"])
+    # the text rows keep their own rules next to the vision rows
+    assert board[board.track == "text"]["rank"].isna().all()
+    assert "u_lira" in (tmp_path / "tables/vision_forget10.md").read_text()
+    assert (tmp_path / "plots/vision_forget10.png").stat().st_size > 1000

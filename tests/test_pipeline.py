@@ -67,12 +67,16 @@ def test_repro_from_clean_builds_the_leaderboard(project, first_repro):
     board = pd.read_csv(project / "results/leaderboard.csv")
     params = yaml.safe_load((project / "params.yaml").read_text())
     n_methods = len(params["unlearn"]["methods"]) * len(params["unlearn"]["l1"])
-    assert len(board) == 2 + n_methods
-    assert set(board.method) >= {"original", "gold", *params["unlearn"]["methods"]}
-    gold = board[board.method == "gold"].iloc[0]
+    text, vision = board[board.track == "text"], board[board.track == "vision"]
+    assert len(text) == 2 + n_methods
+    assert set(text.method) >= {"original", "gold", *params["unlearn"]["methods"]}
+    gold = text[text.method == "gold"].iloc[0]
     assert gold.log10_forget_quality == 0.0
     assert (project / "results/plots/text_forget10.png").exists()
-    for stage in ("data", "base", "finetune", "evaluate", "report"):
+    assert set(vision.method) == {"original", "gold", *params["vision"]["methods"]}
+    assert vision.u_lira.between(0, 1).all() and vision.retain_acc.between(0, 1).all()
+    assert (project / "results/vision/figure6.png").exists()
+    for stage in ("data", "base", "finetune", "evaluate", "vision", "report"):
         assert f"Running stage '{stage}'" in first_repro
 
 
@@ -93,7 +97,7 @@ def test_param_change_reruns_only_dependent_stages(project, first_repro):
     base_mtime = base_weights.stat().st_mtime_ns
 
     changed = run(["dvc", "repro"], project)
-    for stage in ("data", "base", "finetune"):
+    for stage in ("data", "base", "finetune", "vision"):
         assert f"Running stage '{stage}'" not in changed, f"{stage} should not rerun"
     for method in params["unlearn"]["methods"]:
         assert f"Running stage 'unlearn@{method}'" in changed

@@ -384,17 +384,26 @@ def test_cli_steps_end_to_end(tables, tmp_path):
         assert P.main(["train", *common, "--pretrained", str(tmp_path / "pre"), "--models", chunk,
                        "--out", str(tmp_path / f"orig{tag}.pt")]) == 0  # fmt: skip
         assert P.main(["unlearn", *common, "--state", str(tmp_path / f"orig{tag}.pt"),
-                       "--method", "scrub_bio", "--out", str(tmp_path / f"u{tag}.pt")]) == 0  # fmt: skip
+                       "--method", "scrub_bio", "--out", str(tmp_path / f"u{tag}.pt"),
+                       "--scores", str(tmp_path / f"u{tag}.parquet"),
+                       "--meta", str(tmp_path / f"u{tag}.json")]) == 0  # fmt: skip
+    # one job scoring both chunks and the chunks scoring themselves give the same table
     assert P.main(["score", *common, "--state", str(tmp_path / "u0-2.pt"), str(tmp_path / "u2-4.pt"),
                    "--out", str(tmp_path / "scores.parquet"),
                    "--metrics", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert report.main(["collect", "--scores", str(tmp_path / "u0-2.parquet"),
+                        str(tmp_path / "u2-4.parquet"), "--meta", str(tmp_path / "u0-2.json"),
+                        str(tmp_path / "u2-4.json"), "--out", str(tmp_path / "collected.parquet"),
+                        "--summary", str(tmp_path / "c.json")]) == 0  # fmt: skip
     scores = pd.read_parquet(tmp_path / "scores.parquet")
     assert sorted(scores["model"].unique()) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(scores, pd.read_parquet(tmp_path / "collected.parquet"))
     assert mia.main([str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "mia.json")]) == 0
     summary = json.loads((tmp_path / "m.json").read_text())
     assert summary["status"] == "ok" and summary["rte_seconds"] > 0 and summary["n_models"] == 4
-    assert P.main(["report", "--scores", f"scrub_bio={tmp_path / 'scores.parquet'}",
-                   "--metrics", f"scrub_bio={tmp_path / 'm.json'}",
-                   "--figure", str(tmp_path / "fig6.png"), "--out", str(tmp_path / "t2.csv"),
-                   "--hp", hp]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "c.json").read_text()) == summary
+    assert report.main(["report", "--scores", f"scrub_bio={tmp_path / 'scores.parquet'}",
+                        "--metrics", f"scrub_bio={tmp_path / 'm.json'}",
+                        "--figure", str(tmp_path / "fig6.png"),
+                        "--out", str(tmp_path / "t2.csv")]) == 0  # fmt: skip
     assert (tmp_path / "t2.md").exists() and (tmp_path / "fig6.png").exists()

@@ -71,7 +71,9 @@ def cmd_eval(a) -> dict:
 def cmd_leaderboard(a) -> dict:
     from clearbench.report.leaderboard import build_leaderboard
 
-    return build_leaderboard(a.metrics, a.models, a.out, a.tables, a.plots, a.hp)
+    return build_leaderboard(
+        a.metrics, a.models, a.out, a.tables, a.plots, a.hp, a.vision, a.vision_split
+    )
 
 
 def cmd_benchmarks(a) -> dict:
@@ -123,8 +125,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--task", action="append", required=True, help="TASK=QA.parquet")
     s.add_argument("--out", required=True)
     s = stage("leaderboard", cmd_leaderboard, "leaderboard.csv and tables from metrics files")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", required=True, help="model folders, same order")
+    s.add_argument("--metrics", nargs="*", default=[])
+    s.add_argument("--models", nargs="*", default=[], help="model folders, same order")
+    s.add_argument("--vision", nargs="*", default=[], help="vision family summary.json files")
+    s.add_argument("--vision-split", help="the forget split the vision track's F comes from")
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)
@@ -134,6 +138,11 @@ def parser() -> argparse.ArgumentParser:
     # metrics and mia own their argument parsing (they are the public scoring contracts)
     sub.add_parser("metrics", help="score a per-sample table (DESIGN section 6)", add_help=False)
     sub.add_parser("mia", help="U-LIRA / U-MIA from a vision scores table", add_help=False)
+    sub.add_parser(
+        "vision",
+        help="vision track: pretrain, train, unlearn, score, collect, report",
+        add_help=False,
+    )
     return p
 
 
@@ -147,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         from clearbench.vision.mia import main as mia_main
 
         return mia_main(argv[1:])
+    if argv and argv[0] == "vision":
+        # collect and report need no torch: they skip the protocol module's imports
+        if argv[1:2] and argv[1] in ("collect", "report"):
+            from clearbench.vision.report import main as vision_main
+        else:
+            from clearbench.vision.protocol import main as vision_main
+        try:
+            return vision_main(argv[1:])
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: vision: {err}", file=sys.stderr)
+            return 2
     args = parser().parse_args(argv)
     try:
         summary = args.fn(args)

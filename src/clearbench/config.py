@@ -36,7 +36,12 @@ def schema_errors(config: dict, schema_path: Path = SCHEMA) -> list[str]:
     return messages
 
 
-def check(config: dict, known_methods: list[str] | None = None, root: Path | None = None) -> None:
+def check(
+    config: dict,
+    known_methods: list[str] | None = None,
+    root: Path | None = None,
+    known_vision_methods: list[str] | None = None,
+) -> None:
     """Raise ConfigError with one line for the first problem found.
 
     `root` is the workflow folder: its schema and relative paths are the ones that apply.
@@ -57,6 +62,8 @@ def check(config: dict, known_methods: list[str] | None = None, root: Path | Non
                     f"params error at unlearn.methods: unknown method '{method}'"
                     f" (known: {', '.join(sorted(known_methods))})"
                 )
+    if "vision" in config["tracks"]:
+        check_vision(config, known_vision_methods)
     text = config["data"]["text"]
     if text["source"] == "tofu" and not str(text.get("tofu_dir", "")).startswith("hub:"):
         folder = Path(text.get("tofu_dir") or "")
@@ -70,4 +77,24 @@ def check(config: dict, known_methods: list[str] | None = None, root: Path | Non
             if not (folder / name).is_file():
                 raise ConfigError(
                     f"params error at data.text.tofu_dir: missing TOFU file {folder / name}"
+                )
+
+
+def check_vision(config: dict, known: list[str] | None) -> None:
+    vision = config.get("vision")
+    if vision is None:
+        raise ConfigError("params error at vision: the vision track is on but has no section")
+    if not config["data"]["clear"]["build"]:
+        raise ConfigError(
+            "params error at tracks: the vision track needs the CLEAR photos (data.clear.build: true)"
+        )
+    for key, names in (
+        ("methods", vision["methods"]),
+        ("unlearn.method_hp", vision["unlearn"]["method_hp"]),
+    ):
+        for name in names if known is not None else ():
+            if name not in known:
+                raise ConfigError(
+                    f"params error at vision.{key}: unknown vision method '{name}'"
+                    f" (known: {', '.join(sorted(known))})"
                 )

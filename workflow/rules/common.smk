@@ -5,9 +5,15 @@ from pathlib import Path
 
 from clearbench.config import ConfigError, check
 from clearbench.unlearn.methods import METHODS
+from clearbench.vision.methods import METHODS as VISION_METHODS
 
 try:
-    check(config, known_methods=list(METHODS), root=Path(workflow.basedir))
+    check(
+        config,
+        known_methods=list(METHODS),
+        root=Path(workflow.basedir),
+        known_vision_methods=list(VISION_METHODS),
+    )
 except ConfigError as err:
     # one line, before any job runs (a raised exception would print a traceback)
     print(f"error: {err}", file=sys.stderr)
@@ -50,9 +56,11 @@ def evaluated_models(track="text"):
 
 
 def all_metrics():
+    """Metrics files of the models evaluated per-sample (text, vlm), one leaderboard row each."""
     return [
         f"results/metrics/{track}/{split}/{model}.json"
         for track in config["tracks"]
+        if track != "vision"
         for split in SPLITS
         for model in evaluated_models(track)
     ]
@@ -106,3 +114,19 @@ def text_tasks(split):
         "real_authors": f"{TEXT_DATA}/real_authors.parquet",
         "world_facts": f"{TEXT_DATA}/world_facts.parquet",
     }
+
+
+def vision_hp(*sections, method=None):
+    """The vision keys a step reads (a change elsewhere in `vision` does not rerun it)."""
+    keys = ["image_size", "n_enroll", "n_models", "chunk", "device", "model", "loss", *sections]
+    values = {k: VISION[k] for k in keys}
+    if method is not None:
+        # only this method's own settings, so tuning one method reruns only its jobs
+        own = VISION["unlearn"]["method_hp"].get(method, {})
+        values["unlearn"] = {**VISION["unlearn"], "method_hp": {method: own}}
+    return hp(seed=config["seed"], **values)
+
+
+def vision_chunks(family, suffix):
+    folder = f"unlearn/{family}" if family in VISION_METHOD_NAMES else family
+    return [f"results/models/vision/{folder}/models{c}{suffix}" for c in VISION_CHUNKS]

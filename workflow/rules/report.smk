@@ -3,6 +3,11 @@ rule leaderboard:
     input:
         metrics=all_metrics(),
         models=[model_dir(*Path(m).with_suffix("").parts[-3:]) for m in all_metrics()],
+        vision=(
+            expand("results/vision/{family}/summary.json", family=VISION_FAMILIES)
+            if VISION_ON
+            else []
+        ),
         code=src("report/leaderboard"),
     output:
         csv="results/leaderboard.csv",
@@ -10,6 +15,9 @@ rule leaderboard:
         plots=directory("results/plots"),
     params:
         hp=hp(**config["report"]),
+        vision=lambda w, input: (
+            f"--vision {' '.join(input.vision)} --vision-split {VISION_SPLIT}" if VISION_ON else ""
+        ),
     log:
         "logs/report/leaderboard.log",
     benchmark:
@@ -19,5 +27,5 @@ rule leaderboard:
         "../../environment.yml"
     shell:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
-        " --models {input.models} --tables {output.tables} --plots {output.plots}"
+        " --models {input.models} {params.vision} --tables {output.tables} --plots {output.plots}"
         " --out {output.csv} > {log} 2>&1"

@@ -16,6 +16,25 @@ COLUMNS = [
     "rte_seconds", "status", "rank",
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
+VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
+# per track: the retain column of the failed-retain rule, the columns shown and plotted
+VIEWS = {
+    "vision": dict(
+        retain="retain_acc",
+        shown=["method", "modality", *VISION_KEYS, "rte_seconds", "status", "rank"],
+        bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
+        ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
+    ),
+    "text": dict(
+        retain="retain",
+        shown=[
+            "method", "l1", "modality", "real", "retain", "forget",
+            "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank",
+        ],
+        bars=["real", "retain", "forget"],
+        ylabel="metric (higher real/retain, lower forget is better)",
+    ),
+}  # fmt: skip
 
 
 def parse_model(name: str) -> tuple[str, object, str]:
@@ -38,12 +57,30 @@ def row_of(metrics_path: str, model_dir: str) -> dict:
     return row
 
 
+def vision_row(summary_path: str, split: str) -> dict:
+    """A vision model family's row from its summary (results/vision/<family>/summary.json)."""
+    family = Path(summary_path).parent.name
+    summary = json.loads(Path(summary_path).read_text())
+    row = {"track": "vision", "split": split, "method": family, "l1": None}
+    row["modality"] = None if family in REFERENCES else "visual"
+    row |= {k: summary.get(k) for k in VISION_KEYS}
+    row["rte_seconds"] = summary.get("rte_seconds")
+    row["status"] = summary.get("status", "ok")
+    return row
+
+
+def view(track: str) -> dict:
+    return VIEWS["vision" if track == "vision" else "text"]
+
+
 def apply_rules(board: pd.DataFrame, retain_drop: float) -> pd.DataFrame:
-    """failed-retain: retain below `retain_drop` x the original's. Rank the rest by forget."""
+    """failed-retain: retain below `retain_drop` x the original's. Rank the rest by forget
+    (vision: by U-LIRA, the closer to 0.5 the better)."""
     board = board.copy()
     board["rank"] = pd.array([pd.NA] * len(board), dtype="Int64")
-    for _, group in board.groupby(["track", "split"], sort=False):
-        original = group[group["method"] == "original"]["retain"]
+    for (track, _), group in board.groupby(["track", "split"], sort=False):
+        retain = view(track)["retain"]
+        original = group[group["method"] == "original"][retain]
         floor = (
             retain_drop * float(original.iloc[0])
             if len(original) and pd.notna(original.iloc[0])
@@ -52,15 +89,17 @@ def apply_rules(board: pd.DataFrame, retain_drop: float) -> pd.DataFrame:
         methods = group[~group["method"].isin(REFERENCES)]
         failed = methods.index[
             (methods["status"] == "ok")
-            & (
-                methods["retain"].isna()
-                | (methods["retain"] < floor if floor is not None else False)
-            )
+            & (methods[retain].isna() | (methods[retain] < floor if floor is not None else False))
         ]
         board.loc[failed, "status"] = "failed-retain"
         ok = board.loc[methods.index]
-        ok = ok[(ok["status"] == "ok") & ok["forget"].notna()]
-        order = ok.sort_values(["forget", "retain"], ascending=[True, False]).index
+        if track == "vision":
+            ok = ok[(ok["status"] == "ok") & ok["u_lira"].notna()]
+            ok = ok.assign(exposure=(ok["u_lira"].astype(float) - 0.5).abs())
+            order = ok.sort_values(["exposure", retain], ascending=[True, False]).index
+        else:
+            ok = ok[(ok["status"] == "ok") & ok["forget"].notna()]
+            order = ok.sort_values(["forget", "retain"], ascending=[True, False]).index
         board.loc[order, "rank"] = np.arange(1, len(order) + 1)
     return board
 
@@ -86,14 +125,18 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
         m if l1 is None else f"{m}{'+l1' if l1 else ''}"
         for m, l1 in zip(group["method"], group["l1"], strict=True)
     ]
-    x = np.arange(len(group))
+    track, split = group["track"].iloc[0], group["split"].iloc[0]
+    bars = view(track)["bars"]
+    x, width = np.arange(len(group)), 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(group)), 3.8))
-    for i, key in enumerate(["real", "retain", "forget"]):
-        ax.bar(x + (i - 1) * 0.27, group[key].astype(float).fillna(0), 0.27, label=key)
+    for i, key in enumerate(bars):
+        offset = (i - (len(bars) - 1) / 2) * width
+        ax.bar(x + offset, group[key].astype(float).fillna(0), width, label=key)
+    if track == "vision":
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("metric (higher real/retain, lower forget is better)")
-    track, split = group["track"].iloc[0], group["split"].iloc[0]
+    ax.set_ylabel(view(track)["ylabel"])
     ax.set_title(f"{track} / {split}")
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
@@ -102,30 +145,27 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
 
 
 def build_leaderboard(
-    metrics: list[str], models: list[str], out: str, tables: str, plots: str, hp: dict
+    metrics: list[str],
+    models: list[str],
+    out: str,
+    tables: str,
+    plots: str,
+    hp: dict,
+    vision: list[str] = (),
+    vision_split: str | None = None,
 ) -> dict:
+    """metrics/models: per-sample-evaluated models (text, vlm); vision: model-family summaries."""
     if len(metrics) != len(models):
         raise ValueError("leaderboard: --metrics and --models must pair up one to one")
-    board = pd.DataFrame([row_of(m, d) for m, d in zip(metrics, models, strict=True)])
-    board = apply_rules(board.reindex(columns=COLUMNS), hp["retain_drop"])
+    if vision and not vision_split:
+        raise ValueError("leaderboard: --vision needs --vision-split (the forget split of F)")
+    rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
+    rows += [vision_row(s, vision_split) for s in vision]
+    board = apply_rules(pd.DataFrame(rows).reindex(columns=COLUMNS), hp["retain_drop"])
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
     for (track, split), group in board.groupby(["track", "split"], sort=False):
-        shown = group[
-            [
-                "method",
-                "l1",
-                "modality",
-                "real",
-                "retain",
-                "forget",
-                "log10_forget_quality",
-                "forget_quality_js",
-                "rte_seconds",
-                "status",
-                "rank",
-            ]
-        ]
+        shown = group[view(track)["shown"]]
         shown.to_csv(Path(tables) / f"{track}_{split}.csv", index=False)
         (Path(tables) / f"{track}_{split}.md").write_text(markdown_table(shown))
         plot_split(group, Path(plots) / f"{track}_{split}.png")

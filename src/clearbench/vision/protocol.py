@@ -13,9 +13,11 @@ with centroids enrolled by the same model from 5 images per identity, and `corre
 nearest centroid over all identities is the right one. The scores table is the contract of
 `python -m clearbench mia`.
 
-Steps (each a function and a `python -m clearbench.vision.protocol <step>` command):
+Steps (each a function and a `python -m clearbench vision <step>` command):
 pretrain (celebs -> model folder), train (-> state file of M stacked models; --gold for the
 gold models), unlearn (state + method -> state), score (state -> scores.parquet + metrics).
+train and unlearn can also score their own models (--scores, --meta); `vision collect` and
+`vision report` (clearbench.vision.report, no torch) merge chunks and draw Table 2 / Figure 6.
 """
 
 from __future__ import annotations
@@ -394,17 +396,23 @@ def score_models(state: ens.State, data: VisionData, hp) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def chunk_meta(state: ens.State) -> dict:
+    """What a family summary needs of one chunk of models, as plain JSON: ids, status, RTE
+    (unlearning time; for original/gold models, their training time)."""
+    meta = state.meta
+    return dict(
+        kind=meta.get("kind"),
+        model_ids=[int(k) for k in state.model_ids],
+        status=list(meta.get("status", ["ok"] * state.n)),
+        rte_seconds=meta.get("rte_seconds", meta.get("seconds")),
+    )
+
+
 def summarize(state: ens.State, scores: pd.DataFrame) -> dict:
     """mia numbers + status and RTE of one model family (a leaderboard row's vision part)."""
-    status = state.meta.get("status", ["ok"] * state.n)
-    n_div = sum(s != "ok" for s in status)
-    return dict(
-        **mia.score_mia(scores),
-        rte_seconds=state.meta.get("rte_seconds"),
-        status="diverged" if n_div else "ok",
-        n_models=state.n,
-        n_diverged=n_div,
-    )
+    from clearbench.vision.report import summarize_family
+
+    return summarize_family([chunk_meta(state)], scores)
 
 
 def run_protocol(celebs, full, split, hp=None, methods=("retain_ft",), progress=print):
@@ -437,6 +445,14 @@ def run_protocol(celebs, full, split, hp=None, methods=("retain_ft",), progress=
 
 
 # ------------------------------------------------------------------------------ CLI
+
+
+def write_parquet_atomic(df: pd.DataFrame, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
 
 
 def _hp(arg):
@@ -492,17 +508,9 @@ def main(argv=None):
             s.add_argument("--method", required=True, choices=sorted(vmethods.METHODS))
         if name == "score":
             s.add_argument("--metrics", help="also write the mia + status JSON here")
-    s = sub.add_parser("report", help="Figure 6 PNG + Table 2 CSV/Markdown from scores tables")
-    s.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES.parquet")
-    s.add_argument(
-        "--metrics",
-        nargs="*",
-        default=[],
-        metavar="NAME=METRICS.json",
-        help="score-step JSONs (status, rte_seconds) per name",
-    )
-    s.add_argument("--figure", required=True)
-    s.add_argument("--out", required=True, help="Table 2 CSV (Markdown beside it, .md)")
+        else:  # the pipeline scores each chunk in the job that made it (one import, one load)
+            s.add_argument("--scores", help="also write this chunk's scores table here")
+            s.add_argument("--meta", help="and its status / RTE JSON (for `vision collect`)")
     for s in sub.choices.values():
         s.add_argument("--hp", help="vision hyperparameters: JSON string or params file")
         s.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
@@ -513,17 +521,6 @@ def main(argv=None):
     torch.manual_seed(hp["seed"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.step == "report":
-        from clearbench.vision import report
-
-        pairs = lambda items: dict(item.split("=", 1) for item in items)  # noqa: E731
-        scores = {k: pd.read_parquet(v) for k, v in pairs(args.scores).items()}
-        summary = {k: json.loads(Path(v).read_text()) for k, v in pairs(args.metrics).items()}
-        report.figure6(scores, args.figure)
-        table = report.table2(scores, summary)
-        report.write_table2(table, out, out.with_suffix(".md"))
-        print(report.to_markdown(table))
-        return 0
     if args.step == "pretrain":
         images, ids = load_images(args.celebs, hp["image_size"])
         model, metrics = pretrain(images, ids["identity"].to_numpy(), hp)
@@ -532,30 +529,26 @@ def main(argv=None):
         print(json.dumps(metrics))
         return 0
     data = vision_data(args.full, args.split, hp["image_size"], hp["n_enroll"])
-    if args.step == "train":
-        base = vm.load_model(args.pretrained)
-        state = train_models(base, data, hp, _models(args.models, hp["n_models"]), args.gold)
+    if args.step in ("train", "unlearn"):
+        if args.step == "train":
+            base = vm.load_model(args.pretrained)
+            models = _models(args.models, hp["n_models"])
+            state = train_models(base, data, hp, models, args.gold)
+        else:
+            state = unlearn_models(ens.State.load(args.state), data, args.method, hp)
         state.save(out)
-    elif args.step == "unlearn":
-        state = unlearn_models(ens.State.load(args.state), data, args.method, hp)
-        state.save(out)
-        print(
-            json.dumps(
-                dict(
-                    method=args.method,
-                    rte_seconds=state.meta["rte_seconds"],
-                    status=state.meta["status"],
-                )
-            )
-        )
+        if args.scores:
+            write_parquet_atomic(score_models(state, data, hp), args.scores)
+        if args.meta:
+            mia._write_json_atomic(args.meta, chunk_meta(state))
+        print(json.dumps(chunk_meta(state)))
     else:
+        from clearbench.vision.report import summarize_family
+
         parts = [ens.State.load(path) for path in args.state]
-        state = ens.cat(parts)
-        if all(p.meta.get("rte_seconds") is not None for p in parts):  # chunk jobs add up
-            state.meta["rte_seconds"] = sum(p.meta["rte_seconds"] for p in parts)
-        scores = score_models(state, data, hp)
-        scores.to_parquet(out, index=False)
-        summary = summarize(state, scores)
+        scores = score_models(ens.cat(parts), data, hp)
+        write_parquet_atomic(scores, out)
+        summary = summarize_family([chunk_meta(part) for part in parts], scores)
         if args.metrics:
             mia._write_json_atomic(args.metrics, summary)
         print(json.dumps(summary))

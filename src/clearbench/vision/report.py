@@ -6,7 +6,10 @@ so results of external models can be drawn and tabulated the same way.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +112,64 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join(lines)
+
+
+def summarize_family(metas: list[dict], scores: pd.DataFrame) -> dict:
+    """One model family's summary from its chunks' metas (protocol.chunk_meta) and its scores:
+    the mia numbers, status (diverged if any model diverged), RTE (the chunks' times add up)."""
+    status = [s for m in metas for s in m["status"]]
+    n_div = sum(s != "ok" for s in status)
+    rte = [m.get("rte_seconds") for m in metas]
+    return dict(
+        **mia.score_mia(scores),
+        rte_seconds=sum(rte) if all(t is not None for t in rte) else None,
+        status="diverged" if n_div else "ok",
+        n_models=len(status),
+        n_diverged=n_div,
+    )
+
+
+def collect(scores: list[str], metas: list[str], out: str, summary: str) -> dict:
+    """Chunk scores + metas of one family -> its scores.parquet and summary.json."""
+    if len(scores) != len(metas):
+        raise ValueError("collect: --scores and --meta must pair up one to one")
+    frames = [pd.read_parquet(p) for p in scores]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=mia.COLUMNS)
+    mia.validate_scores(table)
+    result = summarize_family([json.loads(Path(m).read_text()) for m in metas], table)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    mia._write_json_atomic(summary, result)
+    return result
+
+
+def main(argv=None):
+    """`python -m clearbench vision collect|report`: the torch-free steps of the vision track."""
+    p = argparse.ArgumentParser(prog="clearbench vision", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    s = sub.add_parser("collect", help="chunk scores + metas -> family scores.parquet + summary")
+    s.add_argument("--scores", nargs="+", required=True, help="chunk scores tables")
+    s.add_argument("--meta", nargs="+", required=True, help="chunk meta JSONs, same order")
+    s.add_argument("--out", required=True, help="the family's scores.parquet")
+    s.add_argument("--summary", required=True, help="the family's summary JSON")
+    s = sub.add_parser("report", help="Figure 6 PNG + Table 2 CSV/Markdown from scores tables")
+    s.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES.parquet")
+    s.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
+                   help="family summaries (status, rte_seconds) per name")  # fmt: skip
+    s.add_argument("--figure", required=True)
+    s.add_argument("--out", required=True, help="Table 2 CSV (Markdown beside it, .md)")
+    args = p.parse_args(argv)
+    if args.step == "collect":
+        print(json.dumps(collect(args.scores, args.meta, args.out, args.summary)))
+        return 0
+    pairs = lambda items: dict(item.split("=", 1) for item in items)  # noqa: E731
+    scores = {k: pd.read_parquet(v) for k, v in pairs(args.scores).items()}
+    summary = {k: json.loads(Path(v).read_text()) for k, v in pairs(args.metrics).items()}
+    figure6(scores, args.figure)
+    table = table2(scores, summary)
+    out = Path(args.out)
+    write_table2(table, out, out.with_suffix(".md"))
+    print(to_markdown(table), file=sys.stderr)
+    return 0
