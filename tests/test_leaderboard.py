@@ -63,16 +63,18 @@ def test_vision_rows_rank_by_lira_closeness_among_methods_that_keep_retain(tmp_p
         write_vision(tmp_path, "twins", 0.85, 0.6),
         write_vision(tmp_path, "rmu", 0.9, 0.7),
         write_vision(tmp_path, "dpo", 0.9, None, status="diverged"),
+        write_vision(tmp_path, "llmu", 0.6, 0.5),  # above 0.5 x 0.9, below the vision 0.8 x 0.9
     ]
     text = [write(tmp_path, "original", 0.8, 0.9, 0.9), write(tmp_path, "gold", 0.8, 0.9, 0.2)]
     out = tmp_path / "leaderboard.csv"
     build_leaderboard([m for m, _ in text], [d for _, d in text], str(out),
-                      str(tmp_path / "tables"), str(tmp_path / "plots"), {"retain_drop": 0.5},
-                      vision, "forget10")  # fmt: skip
+                      str(tmp_path / "tables"), str(tmp_path / "plots"),
+                      {"retain_drop": 0.5, "vision_retain_drop": 0.8}, vision, "forget10")  # fmt: skip
     board = pd.read_csv(out)
     v = board[board.track == "vision"].set_index("method")
-    assert len(v) == 7 and (v.split == "forget10").all()
-    assert v.loc["neggrad", "status"] == "failed-retain" and pd.isna(v.loc["neggrad", "rank"])
+    assert len(v) == 8 and (v.split == "forget10").all()
+    for failed in ("neggrad", "llmu"):
+        assert v.loc[failed, "status"] == "failed-retain" and pd.isna(v.loc[failed, "rank"])
     assert v.loc["dpo", "status"] == "diverged"
     assert [v.loc[m, "rank"] for m in ("scrub", "twins", "rmu")] == [1, 2, 3]
     assert v.loc[["original", "gold"], "rank"].isna().all()

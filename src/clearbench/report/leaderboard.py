@@ -73,18 +73,22 @@ def view(track: str) -> dict:
     return VIEWS["vision" if track == "vision" else "text"]
 
 
-def apply_rules(board: pd.DataFrame, retain_drop: float) -> pd.DataFrame:
-    """failed-retain: retain below `retain_drop` x the original's. Rank the rest by forget
-    (vision: by U-LIRA, the closer to 0.5 the better)."""
+def apply_rules(
+    board: pd.DataFrame, retain_drop: float, vision_retain_drop: float | None = None
+) -> pd.DataFrame:
+    """failed-retain: retain below `retain_drop` x the original's (vision: retain accuracy
+    below `vision_retain_drop` x the original's). Rank the rest by forget (vision: by U-LIRA,
+    the closer to 0.5 the better)."""
     board = board.copy()
     board["rank"] = pd.array([pd.NA] * len(board), dtype="Int64")
     for (track, _), group in board.groupby(["track", "split"], sort=False):
         retain = view(track)["retain"]
+        drop = retain_drop
+        if track == "vision" and vision_retain_drop is not None:
+            drop = vision_retain_drop
         original = group[group["method"] == "original"][retain]
         floor = (
-            retain_drop * float(original.iloc[0])
-            if len(original) and pd.notna(original.iloc[0])
-            else None
+            drop * float(original.iloc[0]) if len(original) and pd.notna(original.iloc[0]) else None
         )
         methods = group[~group["method"].isin(REFERENCES)]
         failed = methods.index[
@@ -108,9 +112,7 @@ def markdown_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.itertuples(index=False):
-        cells = [
-            f"{v:.3f}" if isinstance(v, float) else ("" if pd.isna(v) else str(v)) for v in row
-        ]
+        cells = ["" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -161,7 +163,8 @@ def build_leaderboard(
         raise ValueError("leaderboard: --vision needs --vision-split (the forget split of F)")
     rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
     rows += [vision_row(s, vision_split) for s in vision]
-    board = apply_rules(pd.DataFrame(rows).reindex(columns=COLUMNS), hp["retain_drop"])
+    board = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    board = apply_rules(board, hp["retain_drop"], hp.get("vision_retain_drop"))
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
     for (track, split), group in board.groupby(["track", "split"], sort=False):
