@@ -28,7 +28,7 @@ wildcard_constraints:
     method="|".join(sorted(METHODS)),
     l1="l1|nol1",
     modality="text|visual|both",
-    track="text",
+    track="text|vlm",
     vmethod="|".join(sorted(VISION_METHODS)),
     family="|".join(["original", "gold", *sorted(VISION_METHODS)]),
     chunk="[0-9]+-[0-9]+",
@@ -40,6 +40,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/unlearn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/vision.smk"
+include: "workflow/rules/vlm.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -61,6 +61,8 @@ def _merge(base, overlay):
         ("vision.unlearn.method_hp", {"scrubb": {}}, "vision.unlearn.method_hp: unknown vision"),
         ("vision.loss", {"kind": "triplet"}, "vision.loss.kind"),
         ("data.clear.build", False, "the vision track needs the CLEAR photos"),
+        ("vlm.finetune.freeze_vision_tower", "yes", "vlm.finetune.freeze_vision_tower"),
+        ("vlm.model", {"config": {"text_config": {}}}, "vlm.model.config"),
     ],
 )
 def test_bad_value_names_the_key(path, value, needle):

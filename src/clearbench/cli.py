@@ -68,6 +68,27 @@ def cmd_eval(a) -> dict:
     return evaluate(a.model, tasks, a.out, a.hp)
 
 
+def cmd_vlm_base(a) -> dict:
+    from clearbench.train.vlm import pretrain_vlm_base
+
+    set_threads(a.threads)
+    return pretrain_vlm_base(a.clear, a.text, a.out, a.hp)
+
+
+def cmd_vlm_finetune(a) -> dict:
+    from clearbench.train.vlm import finetune_vlm
+
+    set_threads(a.threads)
+    return finetune_vlm(a.base, a.clear, a.text, a.split, a.out, a.hp)
+
+
+def cmd_vlm_eval(a) -> dict:
+    from clearbench.eval.vlm import evaluate_vlm
+
+    set_threads(a.threads)
+    return evaluate_vlm(a.model, a.clear, a.text, a.split, a.out, a.hp)
+
+
 def cmd_leaderboard(a) -> dict:
     from clearbench.report.leaderboard import build_leaderboard
 
@@ -123,6 +144,22 @@ def parser() -> argparse.ArgumentParser:
     s = stage("eval", cmd_eval, "per-sample evaluation table of one model")
     s.add_argument("--model", required=True)
     s.add_argument("--task", action="append", required=True, help="TASK=QA.parquet")
+    s.add_argument("--out", required=True)
+    s = stage("vlm-base", cmd_vlm_base, "tokenizer + tiny LLaVA (pretrained here or a checkpoint)")
+    s.add_argument("--clear", required=True, help="the CLEAR dataset folder")
+    s.add_argument("--text", required=True, help="the text dataset folder")
+    s.add_argument("--out", required=True)
+    s = stage("vlm-finetune", cmd_vlm_finetune, "VLM LoRA finetuning (original or gold)")
+    s.add_argument("--base", required=True)
+    s.add_argument("--clear", required=True)
+    s.add_argument("--text", required=True)
+    s.add_argument("--split", required=True, help="full (original) or forgetXX (its gold)")
+    s.add_argument("--out", required=True)
+    s = stage("vlm-eval", cmd_vlm_eval, "per-sample evaluation table of one VLM")
+    s.add_argument("--model", required=True)
+    s.add_argument("--clear", required=True)
+    s.add_argument("--text", required=True)
+    s.add_argument("--split", required=True, help="the forget split evaluated")
     s.add_argument("--out", required=True)
     s = stage("leaderboard", cmd_leaderboard, "leaderboard.csv and tables from metrics files")
     s.add_argument("--metrics", nargs="*", default=[])

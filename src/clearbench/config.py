@@ -62,6 +62,17 @@ def check(
                     f"params error at unlearn.methods: unknown method '{method}'"
                     f" (known: {', '.join(sorted(known_methods))})"
                 )
+    for track in ("vision", "vlm"):
+        if track in config["tracks"]:
+            if config.get(track) is None:
+                raise ConfigError(
+                    f"params error at {track}: the {track} track is on but has no section"
+                )
+            if not config["data"]["clear"]["build"]:
+                raise ConfigError(
+                    f"params error at tracks: the {track} track needs the CLEAR photos"
+                    " (data.clear.build: true)"
+                )
     if "vision" in config["tracks"]:
         check_vision(config, known_vision_methods)
     text = config["data"]["text"]
@@ -81,13 +92,7 @@ def check(
 
 
 def check_vision(config: dict, known: list[str] | None) -> None:
-    vision = config.get("vision")
-    if vision is None:
-        raise ConfigError("params error at vision: the vision track is on but has no section")
-    if not config["data"]["clear"]["build"]:
-        raise ConfigError(
-            "params error at tracks: the vision track needs the CLEAR photos (data.clear.build: true)"
-        )
+    vision = config["vision"]
     for key, names in (
         ("methods", vision["methods"]),
         ("unlearn.method_hp", vision["unlearn"]["method_hp"]),

@@ -27,6 +27,8 @@ METHOD_NAMES = config["unlearn"]["methods"]
 L1_TAGS = ["l1" if on else "nol1" for on in config["unlearn"]["l1"]]
 MODALITIES = {"text": ["text"]}  # the text track has no visual modality
 THREADS = config["compute"]["threads"]
+VLM = config.get("vlm", {})
+VLM_ON = "vlm" in config["tracks"]
 # base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
 # the --cores given (reading workflow.cores here would break runs without --cores)
 SOLO_THREADS = max(THREADS, 8)
@@ -48,6 +50,8 @@ def src(*modules):
 
 
 def unlearned_models(track="text"):
+    if track == "vlm":
+        return []  # the vlm track has no unlearning rules yet: its rows are the references
     return [f"{m}-{l1}-{mod}" for m in METHOD_NAMES for l1 in L1_TAGS for mod in MODALITIES[track]]
 
 
@@ -114,6 +118,14 @@ def text_tasks(split):
         "real_authors": f"{TEXT_DATA}/real_authors.parquet",
         "world_facts": f"{TEXT_DATA}/world_facts.parquet",
     }
+
+
+def vlm_hp(stage):
+    """The --hp of one vlm stage: the stage's section plus what every stage reads."""
+    values = {"seed": config["seed"], "max_len": VLM["max_len"], **VLM[stage]}
+    if stage == "base":
+        values |= {"model": VLM["model"], "vocab_size": VLM["vocab_size"]}
+    return json.dumps(values, sort_keys=True)
 
 
 def vision_hp(*sections, method=None):

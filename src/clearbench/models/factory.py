@@ -1,4 +1,7 @@
-"""One factory for every text model: a tiny config, a Hub id or a local checkpoint.
+"""One factory for every language model: a tiny config, a Hub id or a local checkpoint.
+
+A config with `vision_config` and `text_config` builds a LLaVA (CLIP vision tower, projector,
+Llama); any other config builds a plain Llama. A checkpoint loads as what its config says.
 
 A trained model is stored as a *chain*: a base (weights saved here, or a checkpoint id)
 plus LoRA adapters merged in order. `model.json` in the model's folder records the chain,
@@ -12,7 +15,18 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 
 MODEL_JSON = "model.json"
 ADAPTER_DIR = "adapter"
@@ -22,8 +36,13 @@ class ModelError(ValueError):
     """A model spec or a model folder that cannot be used."""
 
 
-def build_model(spec: dict, vocab_size: int | None = None, seed: int = 0):
-    """Build a causal LM from a params entry: {"config": {...}} or {"checkpoint": id_or_path}."""
+def build_model(
+    spec: dict, vocab_size: int | None = None, seed: int = 0, image_token_id: int | None = None
+):
+    """Build a model from a params entry: {"config": {...}} or {"checkpoint": id_or_path}.
+
+    A LLaVA config also needs the id of the tokenizer's `<image>` placeholder token.
+    """
     if "checkpoint" in spec and spec["checkpoint"]:
         return load_checkpoint(spec["checkpoint"])
     if "config" not in spec:
@@ -31,21 +50,60 @@ def build_model(spec: dict, vocab_size: int | None = None, seed: int = 0):
     if vocab_size is None:
         raise ModelError("a model built from a config needs the tokenizer's vocab_size")
     cfg = dict(spec["config"])
-    cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2, **cfg
+    if "vision_config" in cfg:
+        return LlavaForConditionalGeneration(llava_config(cfg, vocab_size, image_token_id))
+    return LlamaForCausalLM(llama_config(cfg, vocab_size))
+
+
+def llama_config(cfg: dict, vocab_size: int) -> LlamaConfig:
+    cfg = dict(cfg)
+    cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
+    return LlamaConfig(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2, **cfg)
+
+
+def llava_config(cfg: dict, vocab_size: int, image_token_id: int | None) -> LlavaConfig:
+    """Tiny LLaVA: the keys are LlavaConfig's own (vision_config, text_config, projector...)."""
+    if image_token_id is None:
+        raise ModelError("a LLaVA built from a config needs the tokenizer's <image> token id")
+    if "text_config" not in cfg:
+        raise ModelError("a LLaVA model config needs 'text_config' next to 'vision_config'")
+    vision = CLIPVisionConfig(**cfg.pop("vision_config"))
+    text = llama_config(cfg.pop("text_config"), vocab_size)
+    # one placeholder per patch: the "default" feature strategy drops the CLS token
+    n_image_tokens = (vision.image_size // vision.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_seq_length=n_image_tokens,
+        **cfg,
     )
-    return LlamaForCausalLM(config)
 
 
 def load_checkpoint(name_or_path: str):
     """Load a Hub id or a local folder; offline users get a one-line reason, not a traceback."""
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path)
+        auto = AutoModelForImageTextToText if is_vlm(config) else AutoModelForCausalLM
+        return auto.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(
             f"cannot load checkpoint '{name_or_path}': {str(err).splitlines()[0]}"
+        ) from None
+
+
+def is_vlm(config) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_image_processor(name_or_path: str):
+    """The checkpoint's image processor, PIL backend (torchvision does not import here)."""
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"cannot load image processor '{name_or_path}': {str(err).splitlines()[0]}"
         ) from None
 
 

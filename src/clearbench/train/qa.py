@@ -39,8 +39,10 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
 
 
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL (B, T-1) of the labels and the mask of scored tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Per-token NLL (B, T-1) of the labels and the mask of scored tokens.
+
+    Every other key of the batch goes to the model (a VLM batch also has pixel_values)."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]
     scored = labels != -100
     nll = F.cross_entropy(

@@ -121,6 +121,7 @@ def add_lora(model, lora: dict):
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]),
+        exclude_modules=lora.get("exclude_modules"),  # a VLM's frozen vision tower
         bias="none",
     )
     return get_peft_model(model, config)

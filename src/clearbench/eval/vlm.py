@@ -1,0 +1,180 @@
+"""Per-sample evaluation of a VLM (DESIGN section 6): the six tasks of the vlm track.
+
+forget / retain      text QA and photo QA (photo + question) of the forget split's authors /
+                     of retain_eval; paraphrased and perturbed answers from the text table
+real_faces           face -> famous name, wrong names from the table
+real_world           visual questions, wrong answers from the table
+forget_facerec /     photo + seeded identification question -> the author's name; wrong
+retain_facerec       options: a seeded choice of other authors' names, as many as real_faces has
+
+Every image sample is scored and generated *with* its image; image tokens are never scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from clearbench.data.clear import SCHEMAS
+from clearbench.data.text import read_qa, read_table
+from clearbench.eval.text import EVAL_SCHEMA, pick_samples, write_table
+from clearbench.models.factory import (
+    load_image_processor,
+    load_model,
+    load_tokenizer,
+    read_model_json,
+)
+from clearbench.train.vlm import check_hp, id_question, read_photos
+from clearbench.train.vqa import Sample, Vision, sequence_nll, stable_rng
+
+TASKS = ("forget", "retain", "real_faces", "real_world", "forget_facerec", "retain_facerec")
+COLUMNS = ("sample_id", "question", "answer", "paraphrased_answer", "perturbed_answers", "image")
+
+
+def qa_task(text_path, photo_path) -> pd.DataFrame:
+    """Text QA rows, then the same authors' photo QA with the text table's para/perturbed."""
+    text = read_qa(text_path)
+    by_id = text.set_index("sample_id")
+    rows = [
+        {**r, "sample_id": f"text:{r['sample_id']}", "image": None}
+        for r in text[list(COLUMNS[:-1])].to_dict("records")
+    ]
+    for photo in read_photos(photo_path):
+        if photo["sample_id"] not in by_id.index:
+            continue  # a photo without its text QA has no paraphrase or wrong answers
+        qa = by_id.loc[photo["sample_id"]]
+        rows.append(
+            {
+                "sample_id": f"photo:{photo['sample_id']}",
+                "question": photo["question"],
+                "answer": photo["answer"],
+                "paraphrased_answer": qa["paraphrased_answer"],
+                "perturbed_answers": list(qa["perturbed_answers"]),
+                "image": photo["image"]["bytes"],
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def facerec_task(photo_path, names: list[str], n_wrong: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for photo in read_photos(photo_path):
+        others = [n for n in names if n != photo["name"]]
+        wrong = stable_rng(seed, "options:" + photo["sample_id"]).choice(
+            others, size=min(n_wrong, len(others)), replace=False
+        )
+        rows.append(
+            {
+                "sample_id": photo["sample_id"],
+                "question": id_question(seed, photo["sample_id"]),
+                "answer": photo["name"],
+                "paraphrased_answer": None,
+                "perturbed_answers": [str(w) for w in wrong],
+                "image": photo["image"]["bytes"],
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def real_task(path, name: str) -> pd.DataFrame:
+    df = read_table(path, SCHEMAS[name])
+    df["paraphrased_answer"] = None
+    df["image"] = [img["bytes"] for img in df["image"]]
+    return df[list(COLUMNS)]
+
+
+def task_tables(clear_dir, text_dir, split: str, seed: int) -> dict[str, pd.DataFrame]:
+    clear, text = Path(clear_dir), Path(text_dir)
+    real_faces = real_task(clear / "real_faces.parquet", "real_faces")
+    n_wrong = max(map(len, real_faces["perturbed_answers"]))
+    names = sorted({p["name"] for p in read_photos(clear / "full.parquet")})
+    return {
+        "forget": qa_task(text / f"{split}.parquet", clear / f"{split}.parquet"),
+        "retain": qa_task(text / "retain_eval.parquet", clear / "retain_eval.parquet"),
+        "real_faces": real_faces,
+        "real_world": real_task(clear / "real_world.parquet", "real_world"),
+        "forget_facerec": facerec_task(clear / f"{split}.parquet", names, n_wrong, seed),
+        "retain_facerec": facerec_task(clear / "retain_eval.parquet", names, n_wrong, seed),
+    }
+
+
+@torch.no_grad()
+def answer_losses(model, vision: Vision, samples: list[Sample], max_len: int, batch_size: int):
+    """Mean answer-token NLL per sample, batched by length (every option sees its image)."""
+    encoded = [vision.encode(s, max_len) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: len(encoded[i][0]))
+    out = np.empty(len(samples))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = vision.collate([samples[i] for i in idx], [encoded[i] for i in idx])
+        out[idx] = sequence_nll(model, batch).numpy()
+    return out
+
+
+@torch.no_grad()
+def greedy_answers(model, vision: Vision, samples: list[Sample], max_new_tokens, batch_size):
+    tok, answers = vision.tok, []
+    for start in range(0, len(samples), batch_size):
+        batch = vision.prompt_batch(samples[start : start + batch_size])
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        answers += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
+    return answers
+
+
+def evaluate_task(model, vision: Vision, task: str, df: pd.DataFrame, hp: dict) -> pd.DataFrame:
+    samples, prompts = [], []
+    for row in df.itertuples():
+        options = [row.answer] + ([row.paraphrased_answer] if row.paraphrased_answer else [])
+        samples += [Sample(row.question, o, row.image) for o in options + row.perturbed_answers]
+        prompts.append(Sample(row.question, "", row.image))
+    losses = iter(answer_losses(model, vision, samples, hp["max_len"], hp["batch_size"]).tolist())
+    generations = greedy_answers(model, vision, prompts, hp["max_new_tokens"], hp["batch_size"])
+    rows = []
+    for row, generation in zip(df.itertuples(), generations, strict=True):
+        gt = next(losses)
+        para = next(losses) if row.paraphrased_answer else None
+        rows.append(
+            {
+                "task": task,
+                "sample_id": row.sample_id,
+                "gt_loss": gt,
+                "para_loss": para,
+                "perturbed_losses": [next(losses) for _ in row.perturbed_answers],
+                "generation": generation,
+                "answer": row.answer,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluate_vlm(
+    model_dir: str, clear_dir: str, text_dir: str, split: str, out_path: str, hp: dict
+) -> dict:
+    """The per-sample table of one VLM on the six tasks; a diverged model gets an empty table."""
+    check_hp(hp, "eval")
+    meta = read_model_json(model_dir)
+    if meta.get("status", "ok") != "ok":
+        write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
+        return {"status": meta["status"], "rows": 0}
+    tasks = task_tables(clear_dir, text_dir, split, hp["seed"])
+    torch.manual_seed(hp["seed"])
+    model, meta = load_model(model_dir)
+    vision = Vision(load_tokenizer(meta["base"]), load_image_processor(meta["base"]), model.config)
+    tables = []
+    for task, df in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
+        df = pick_samples(df, hp["max_samples"], hp["seed"])
+        tables.append(evaluate_task(model, vision, task, df, hp))
+    table = pd.concat(tables, ignore_index=True)
+    write_table(table, out_path)
+    return {"status": "ok", "rows": len(table)}

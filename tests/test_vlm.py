@@ -1,0 +1,260 @@
+"""VLM track: tiny LLaVA factory, frozen vision tower, answer-only scoring, image-conditioned
+generation and the per-sample eval table, on tiny tables built here (no data/ needed)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from clearbench.data.clear import SCHEMAS, png, write_parquet
+from clearbench.data.text import read_qa
+from clearbench.eval.text import EVAL_SCHEMA
+from clearbench.eval.vlm import TASKS, answer_losses, evaluate_vlm
+from clearbench.models.factory import (
+    ModelError,
+    build_model,
+    load_image_processor,
+    load_model,
+    load_tokenizer,
+)
+from clearbench.models.tokenizer import train_tokenizer
+from clearbench.train import vlm as V
+from clearbench.train.vqa import IMAGE_TOKEN, Sample, Vision
+
+TINY_VLM = {
+    "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 32,
+                      "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "max_position_embeddings": 128,
+                    "tie_word_embeddings": True},
+    "vision_feature_layer": -1,
+}  # fmt: skip
+LORA = V.DEFAULT["finetune"]["lora"] | {"r": 4, "alpha": 8}
+FINETUNE = {"seed": 0, "max_len": 64, "epochs": 2, "lr": 5e-3, "batch_size": 16,
+            "weight_decay": 0.0, "replay": True, "freeze_vision_tower": True, "lora": LORA}  # fmt: skip
+EVAL = {"seed": 0, "max_len": 64, "max_samples": 0, "max_new_tokens": 8, "batch_size": 32}
+
+
+def square(colour, seed: int) -> bytes:
+    """A 64x64 PNG: one colour per person plus noise, so photos of one person differ."""
+    noise = np.random.default_rng(seed).integers(-20, 20, (64, 64, 3))
+    return png(np.clip(np.array(colour) + noise, 0, 255))["bytes"]
+
+
+@pytest.fixture(scope="module")
+def clear_data(text_data, tmp_path_factory):
+    """CLEAR-shaped tables for the tiny text dataset: one photo per QA, coloured by author."""
+    out = tmp_path_factory.mktemp("clear")
+    full = read_qa(text_data / "full.parquet")
+    colours = np.random.default_rng(0).integers(30, 225, (full["author_id"].max() + 1, 3))
+    photos = {
+        r.sample_id: {"sample_id": r.sample_id, "author_id": r.author_id, "name": r.author,
+                      "question": r.question, "answer": r.answer, "prompt": "", "caption": "",
+                      "image": {"bytes": square(colours[r.author_id], i), "path": None}}
+        for i, r in enumerate(full.itertuples())
+    }  # fmt: skip
+    for table in ("full", "forget10", "retain90", "retain_eval"):
+        ids = read_qa(text_data / f"{table}.parquet")["sample_id"]
+        write_parquet([photos[s] for s in ids], SCHEMAS["photos"], out / f"{table}.parquet")
+    celebs = ["Ana Silva", "Bo Chen", "Cy Twombly"]
+    faces = [
+        {"sample_id": f"rf{c}_{k}", "celeb_id": c, "name": name,
+         "question": "Who is the person in the image?", "answer": name,
+         "perturbed_answers": [n for n in celebs if n != name],
+         "image": {"bytes": square(colours[c] // 2, 100 + 2 * c + k), "path": None}}
+        for c, name in enumerate(celebs) for k in range(2)
+    ]  # fmt: skip
+    write_parquet(faces, SCHEMAS["real_faces"], out / "real_faces.parquet")
+    world = [
+        {"sample_id": f"rw{i}", "question": "What colour is the ball?", "answer": col,
+         "perturbed_answers": [c for c in ("red", "green", "blue") if c != col],
+         "image": {"bytes": square(rgb, 200 + i), "path": None}}
+        for i, (col, rgb) in enumerate([("red", (220, 0, 0)), ("green", (0, 200, 0)),
+                                        ("blue", (0, 0, 220))])
+    ]  # fmt: skip
+    write_parquet(world, SCHEMAS["real_world"], out / "real_world.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def vlm_base(clear_data, text_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vlm") / "base"
+    hp = {"seed": 0, "max_len": 64, "vocab_size": 400, "model": {"config": TINY_VLM},
+          "epochs": 3, "lr": 3e-3, "batch_size": 16, "weight_decay": 0.0}  # fmt: skip
+    V.pretrain_vlm_base(str(clear_data), str(text_data), str(out), hp)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vlm_original(vlm_base, clear_data, text_data):
+    out = vlm_base.parent / "original"
+    V.finetune_vlm(str(vlm_base), str(clear_data), str(text_data), "full", str(out), FINETUNE)
+    return out
+
+
+def vision_of(model_dir):
+    model, meta = load_model(model_dir)
+    tok, proc = load_tokenizer(meta["base"]), load_image_processor(meta["base"])
+    return model, Vision(tok, proc, model.config)
+
+
+def tower_state(model) -> dict:
+    return {k: v.clone() for k, v in V.vision_tower(model).state_dict().items()}
+
+
+# --------------------------------------------------------------------------------- (a)
+
+
+def test_factory_builds_tiny_llava_and_loads_it_back_by_path(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    model = build_model({"config": TINY_VLM}, vocab_size=300, seed=1, image_token_id=299)
+    assert isinstance(model, LlavaForConditionalGeneration)
+    assert model.config.image_seq_length == (32 // 8) ** 2
+    model.save_pretrained(tmp_path)
+    again = build_model({"checkpoint": str(tmp_path)})  # offline, as the paper profile loads
+    ids = torch.tensor([[5, 6] + [299] * 16 + [7, 8, 9]])
+    pixels = torch.randn(1, 3, 32, 32)
+    model.eval()
+    logits = [m(ids, pixel_values=pixels).logits for m in (model, again)]
+    assert torch.equal(*logits)
+    with pytest.raises(ModelError, match="image"):
+        build_model({"config": TINY_VLM}, vocab_size=300)
+
+
+def test_base_folder_is_a_loadable_chain_with_tokenizer_and_processor(vlm_base, tmp_path):
+    model, vision = vision_of(vlm_base)
+    assert vision.tok.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id
+    assert vision.pixels(square((10, 20, 30), 0)).shape == (3, 32, 32)  # resized from 64
+    # a checkpoint spec records the checkpoint and trains nothing
+    summary = V.pretrain_vlm_base("unused", "unused", str(tmp_path / "ck"),
+                                  V.stage_hp("base") | {"model": {"checkpoint": str(vlm_base)}})  # fmt: skip
+    assert summary == {"trained": False}
+    assert load_model(tmp_path / "ck")[1]["base"] == str(vlm_base)
+
+
+def test_bad_input_is_one_line_naming_the_key_or_file(vlm_base, clear_data, text_data, tmp_path):
+    hp = dict(FINETUNE)
+    del hp["lr"]
+    with pytest.raises(ValueError, match="'lr'"):
+        V.finetune_vlm(str(vlm_base), str(clear_data), str(text_data), "full", str(tmp_path), hp)
+    with pytest.raises(ValueError, match="freeze_vision_tower"):  # "false" is not False
+        V.finetune_vlm(str(vlm_base), str(clear_data), str(text_data), "full", str(tmp_path),
+                       FINETUNE | {"freeze_vision_tower": "false"})  # fmt: skip
+    with pytest.raises(ValueError, match="retain80.parquet"):  # forget20 was never split off
+        V.finetune_vlm(str(vlm_base), str(clear_data), str(text_data), "forget20", str(tmp_path),
+                       FINETUNE)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------- (b)
+
+
+def test_frozen_tower_does_not_move_and_an_unfrozen_one_does(
+    vlm_base, vlm_original, clear_data, text_data
+):
+    base = tower_state(load_model(vlm_base)[0])
+    frozen = tower_state(load_model(vlm_original)[0])  # adapters merged
+    assert all(torch.equal(base[k], frozen[k]) for k in base), "frozen tower moved"
+
+    out = vlm_base.parent / "unfrozen"
+    hp = FINETUNE | {"freeze_vision_tower": False, "epochs": 1}
+    V.finetune_vlm(str(vlm_base), str(clear_data), str(text_data), "full", str(out), hp)
+    unfrozen = tower_state(load_model(out)[0])
+    assert any(not torch.equal(base[k], unfrozen[k]) for k in base), "unfrozen tower did not move"
+
+
+# --------------------------------------------------------------------------------- (c)
+
+
+def test_image_tokens_are_never_scored(vlm_base):
+    model, vision = vision_of(vlm_base)
+    sample = Sample("Who is this person?", "Ana Silva", square((200, 10, 10), 0))
+    ids, labels = vision.encode(sample, max_len=64)
+    image = [i for i, t in enumerate(ids) if t == model.config.image_token_id]
+    assert len(image) == model.config.image_seq_length
+    assert all(labels[i] == -100 for i in image)
+    tok = vision.tok
+    answer = tok(" Ana Silva", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert [t for t in labels if t != -100] == answer
+
+    # gt_loss by hand: mean NLL of the answer tokens, each predicted from its prefix
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]),
+                       pixel_values=vision.pixels(sample.image)[None]).logits[0]  # fmt: skip
+    start = len(ids) - len(answer)
+    logp = torch.log_softmax(logits.double(), -1)
+    by_hand = -np.mean([logp[start + j - 1, t].item() for j, t in enumerate(answer)])
+    got = answer_losses(model, vision, [sample], max_len=64, batch_size=4)[0]
+    assert got == pytest.approx(by_hand, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------- (d)
+
+
+def test_generation_sees_the_image():
+    """Two faces, one question: a model that ignored the image could not name both."""
+    torch.manual_seed(0)
+    people = {"Ana Silva": square((220, 40, 40), 1), "Bo Chen": square((40, 40, 220), 2)}
+    question = "Who is this person?"
+    tok = train_tokenizer([f"USER: \n{question} ASSISTANT: {n}" for n in people] * 5, 300)
+    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    model = build_model({"config": TINY_VLM}, len(tok), 0, tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    from transformers import CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    vision = Vision(tok, proc, model.config)
+    samples = [Sample(question, n, img) for n, img in people.items()] * 8
+    hp = {"epochs": 10, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.0, "max_len": 32}
+    V.fit(model, vision, samples, hp, torch.Generator().manual_seed(0), "two faces")
+
+    from clearbench.eval.vlm import greedy_answers
+
+    prompts = [Sample(question, "", img) for img in people.values()]
+    answers = greedy_answers(model, vision, prompts, max_new_tokens=6, batch_size=2)
+    assert answers == list(people), answers
+    # batched (left-padded, mixed with a text-only prompt) equals one at a time
+    mixed = greedy_answers(model, vision, [Sample(question, ""), *prompts], 6, 3)[1:]
+    assert mixed == answers
+
+
+# ----------------------------------------------------------------------------- (e), (f)
+
+
+def test_eval_table_has_the_contract_columns_and_six_tasks(
+    vlm_original, clear_data, text_data, tmp_path
+):
+    paths = [tmp_path / f"{k}.parquet" for k in "ab"]
+    for path in paths:
+        evaluate_vlm(str(vlm_original), str(clear_data), str(text_data), "forget10", str(path),
+                     EVAL)  # fmt: skip
+    table = pd.read_parquet(paths[0])
+    assert list(table.columns) == EVAL_SCHEMA.names
+    assert tuple(table["task"].unique()) == TASKS
+    forget = table[table["task"] == "forget"]
+    assert forget["sample_id"].str.startswith("text:").any()
+    assert forget["sample_id"].str.startswith("photo:").any()
+    assert forget["para_loss"].notna().all()  # photo QA borrows the text QA's paraphrase
+    faces = table[table["task"].str.endswith("facerec")]
+    assert faces["para_loss"].isna().all() and (faces["perturbed_losses"].map(len) == 2).all()
+    assert table["gt_loss"].map(np.isfinite).all()
+    # (f) prompts and options are seeded: a second evaluation is the same table
+    pd.testing.assert_frame_equal(table, pd.read_parquet(paths[1]))
+
+
+def test_facerec_prompts_and_options_are_seeded(clear_data, text_data):
+    from clearbench.eval.vlm import task_tables
+
+    a, b = (task_tables(clear_data, text_data, "forget10", seed=0) for _ in range(2))
+    c = task_tables(clear_data, text_data, "forget10", seed=1)
+    drawn = [t["retain_facerec"][["question", "perturbed_answers"]] for t in (a, b, c)]
+    assert drawn[0].equals(drawn[1]) and not drawn[0].equals(drawn[2])
+    rec = a["retain_facerec"]
+    assert all(
+        n not in wrong for n, wrong in zip(rec["answer"], rec["perturbed_answers"], strict=True)
+    )
+    assert Image.open(io.BytesIO(rec["image"][0])).size == (64, 64)
