@@ -76,7 +76,10 @@ def test_repro_from_clean_builds_the_leaderboard(project, first_repro):
     assert set(vision.method) == {"original", "gold", *params["vision"]["methods"]}
     assert vision.u_lira.between(0, 1).all() and vision.retain_acc.between(0, 1).all()
     assert (project / "results/vision/figure6.png").exists()
-    for stage in ("data", "base", "finetune", "evaluate", "vision", "report"):
+    vlm = board[board.track == "vlm"]
+    assert list(vlm.method) == ["original", "gold"] and vlm.real.between(0, 1).all()
+    assert vlm[vlm.method == "gold"].log10_forget_quality.iloc[0] == 0.0
+    for stage in ("data", "base", "finetune", "vlm", "evaluate", "vision", "report"):
         assert f"Running stage '{stage}'" in first_repro
 
 
@@ -97,7 +100,7 @@ def test_param_change_reruns_only_dependent_stages(project, first_repro):
     base_mtime = base_weights.stat().st_mtime_ns
 
     changed = run(["dvc", "repro"], project)
-    for stage in ("data", "base", "finetune", "vision"):
+    for stage in ("data", "base", "finetune", "vlm", "vision"):
         assert f"Running stage '{stage}'" not in changed, f"{stage} should not rerun"
     for method in params["unlearn"]["methods"]:
         assert f"Running stage 'unlearn@{method}'" in changed
