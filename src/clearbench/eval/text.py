@@ -72,16 +72,8 @@ def greedy_answers(model, tok, questions: list[str], max_new_tokens: int, batch_
     return answers
 
 
-def evaluate_task(model, tok, task: str, df: pd.DataFrame, hp: dict) -> pd.DataFrame:
-    """One row per sample: gt, paraphrase and perturbed losses plus the greedy generation."""
-    pairs = []
-    for row in df.itertuples():
-        options = [row.answer] + ([row.paraphrased_answer] if row.paraphrased_answer else [])
-        pairs += [(row.question, o) for o in options + list(row.perturbed_answers)]
-    losses = iter(answer_losses(model, tok, pairs, hp["max_len"], hp["batch_size"]).tolist())
-    generations = greedy_answers(
-        model, tok, list(df["question"]), hp["max_new_tokens"], hp["batch_size"]
-    )
+def contract_rows(task: str, df: pd.DataFrame, losses, generations: list[str]) -> pd.DataFrame:
+    """The per-sample contract rows; `losses` yields gt, [paraphrase,] perturbed... per sample."""
     rows = []
     for row, generation in zip(df.itertuples(), generations, strict=True):
         gt = next(losses)
@@ -98,6 +90,19 @@ def evaluate_task(model, tok, task: str, df: pd.DataFrame, hp: dict) -> pd.DataF
             }
         )
     return pd.DataFrame(rows)
+
+
+def evaluate_task(model, tok, task: str, df: pd.DataFrame, hp: dict) -> pd.DataFrame:
+    """One row per sample: gt, paraphrase and perturbed losses plus the greedy generation."""
+    pairs = []
+    for row in df.itertuples():
+        options = [row.answer] + ([row.paraphrased_answer] if row.paraphrased_answer else [])
+        pairs += [(row.question, o) for o in options + list(row.perturbed_answers)]
+    losses = iter(answer_losses(model, tok, pairs, hp["max_len"], hp["batch_size"]).tolist())
+    generations = greedy_answers(
+        model, tok, list(df["question"]), hp["max_new_tokens"], hp["batch_size"]
+    )
+    return contract_rows(task, df, losses, generations)
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:

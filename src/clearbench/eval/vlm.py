@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from clearbench.data.clear import SCHEMAS
 from clearbench.data.text import read_qa, read_table
-from clearbench.eval.text import EVAL_SCHEMA, pick_samples, write_table
+from clearbench.eval.text import EVAL_SCHEMA, contract_rows, pick_samples, write_table
 from clearbench.models.factory import (
     load_image_processor,
     load_model,
@@ -140,22 +140,7 @@ def evaluate_task(model, vision: Vision, task: str, df: pd.DataFrame, hp: dict) 
         prompts.append(Sample(row.question, "", row.image))
     losses = iter(answer_losses(model, vision, samples, hp["max_len"], hp["batch_size"]).tolist())
     generations = greedy_answers(model, vision, prompts, hp["max_new_tokens"], hp["batch_size"])
-    rows = []
-    for row, generation in zip(df.itertuples(), generations, strict=True):
-        gt = next(losses)
-        para = next(losses) if row.paraphrased_answer else None
-        rows.append(
-            {
-                "task": task,
-                "sample_id": row.sample_id,
-                "gt_loss": gt,
-                "para_loss": para,
-                "perturbed_losses": [next(losses) for _ in row.perturbed_answers],
-                "generation": generation,
-                "answer": row.answer,
-            }
-        )
-    return pd.DataFrame(rows)
+    return contract_rows(task, df, losses, generations)
 
 
 def evaluate_vlm(
