@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from clearbench.config import vlm_stage_hp
 from clearbench.data.clear import SCHEMAS, png, write_parquet
 from clearbench.data.text import read_qa
 from clearbench.eval.text import EVAL_SCHEMA
@@ -133,7 +134,7 @@ def test_base_folder_is_a_loadable_chain_with_tokenizer_and_processor(vlm_base, 
     assert vision.pixels(square((10, 20, 30), 0)).shape == (3, 32, 32)  # resized from 64
     # a checkpoint spec records the checkpoint and trains nothing
     summary = V.pretrain_vlm_base("unused", "unused", str(tmp_path / "ck"),
-                                  V.stage_hp("base") | {"model": {"checkpoint": str(vlm_base)}})  # fmt: skip
+                                  vlm_stage_hp("base", V.DEFAULT) | {"model": {"checkpoint": str(vlm_base)}})  # fmt: skip
     assert summary == {"trained": False}
     assert load_model(tmp_path / "ck")[1]["base"] == str(vlm_base)
 

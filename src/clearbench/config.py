@@ -20,6 +20,15 @@ class ConfigError(ValueError):
     pass
 
 
+def vlm_stage_hp(stage: str, vlm: dict) -> dict:
+    """The flat --hp of one vlm stage (base, finetune, eval) from a `vlm:` params section with
+    `seed` in it: the stage's own keys plus what every stage reads (base also gets the model)."""
+    values = {"seed": vlm["seed"], "max_len": vlm["max_len"], **vlm[stage]}
+    if stage == "base":
+        values |= {"model": vlm["model"], "vocab_size": vlm["vocab_size"]}
+    return values
+
+
 def key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 

@@ -3,7 +3,7 @@ import os
 import sys
 from pathlib import Path
 
-from clearbench.config import ConfigError, check
+from clearbench.config import ConfigError, check, vlm_stage_hp
 from clearbench.unlearn.methods import METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
 
@@ -122,10 +122,7 @@ def text_tasks(split):
 
 def vlm_hp(stage):
     """The --hp of one vlm stage: the stage's section plus what every stage reads."""
-    values = {"seed": config["seed"], "max_len": VLM["max_len"], **VLM[stage]}
-    if stage == "base":
-        values |= {"model": VLM["model"], "vocab_size": VLM["vocab_size"]}
-    return json.dumps(values, sort_keys=True)
+    return hp(**vlm_stage_hp(stage, {"seed": config["seed"], **VLM}))
 
 
 def vision_hp(*sections, method=None):

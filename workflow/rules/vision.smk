@@ -134,7 +134,7 @@ rule vision_report:
     input:
         scores=expand("results/vision/{family}/scores.parquet", family=VISION_FAMILIES),
         summaries=expand("results/vision/{family}/summary.json", family=VISION_FAMILIES),
-        code=src("vision/protocol", "vision/report", "vision/mia"),
+        code=src("vision/report", "vision/mia"),
     output:
         table="results/vision/table2.csv",
         markdown="results/vision/table2.md",

@@ -11,8 +11,8 @@ Finetuning (LoRA): original = every CLEAR sample of every author, gold = the ret
 only. CLEAR samples of one table are its text QA, its photo QA (photo + the photo's question ->
 answer) and identification (photo + a seeded "who is this?" question -> name).
 
-Hyperparameters: `--hp` of each CLI stage is one flat dict (`stage_hp` builds it from DEFAULT,
-which has the shape of params.yaml's `vlm:` section):
+Hyperparameters: `--hp` of each CLI stage is one flat dict (`config.vlm_stage_hp` builds it
+from a section shaped like DEFAULT, params.yaml's `vlm:` section plus the seed):
   all stages    seed; max_len (text tokens per sample, image tokens come on top)
   vlm-base      model ({config: {vision_config, text_config, other LlavaConfig keys}} or
                 {checkpoint: id or path}), vocab_size, epochs, lr, batch_size, weight_decay
@@ -131,14 +131,6 @@ ID_QUESTIONS = (
     "Who is shown in this picture?",
 )
 VISION_TOWER = r".*vision_tower.*"  # peft regex: modules that get no LoRA when frozen
-
-
-def stage_hp(stage: str, params: dict = DEFAULT) -> dict:
-    """The flat --hp of one stage from a `vlm:` params section (what the Snakemake rule sends)."""
-    hp = {"seed": params["seed"], "max_len": params["max_len"], **params[stage]}
-    if stage == "base":
-        hp |= {"model": params["model"], "vocab_size": params["vocab_size"]}
-    return hp
 
 
 def check_hp(hp: dict, stage: str) -> None:
