@@ -38,16 +38,39 @@ def pick_samples(df: pd.DataFrame, max_samples: int, seed: int) -> pd.DataFrame:
     return df
 
 
-@torch.no_grad()
-def answer_losses(model, tok, pairs: list[tuple[str, str]], max_len: int, batch_size: int):
-    """Mean answer-token NLL for each (question, answer), batched by length for speed."""
-    encoded = [encode(tok, q, a, max_len) for q, a in pairs]
+def losses_by_length(encoded: list, batch_size: int, score) -> np.ndarray:
+    """One loss per encoded sample; `score(indices)` scores a batch of samples of similar
+    length (sorting by length keeps padding, and so time, low)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = np.empty(len(encoded))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out[idx] = sequence_nll(model, collate([encoded[i] for i in idx], tok.pad_token_id)).numpy()
+        out[idx] = score(idx).numpy()
     return out
+
+
+def greedy_decode(model, tok, batch, max_new_tokens: int) -> list[str]:
+    """Greedy continuations of a left-padded prompt batch, without the prompts."""
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    return [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def answer_losses(model, tok, pairs: list[tuple[str, str]], max_len: int, batch_size: int):
+    """Mean answer-token NLL for each (question, answer)."""
+    encoded = [encode(tok, q, a, max_len) for q, a in pairs]
+    return losses_by_length(
+        encoded,
+        batch_size,
+        lambda idx: sequence_nll(model, collate([encoded[i] for i in idx], tok.pad_token_id)),
+    )
 
 
 @torch.no_grad()
@@ -57,17 +80,7 @@ def greedy_answers(model, tok, questions: list[str], max_new_tokens: int, batch_
     for start in range(0, len(questions), batch_size):
         prompts = [PROMPT.format(question=q) for q in questions[start : start + batch_size]]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        answers += [
-            s.strip()
-            for s in tok.batch_decode(out[:, enc.input_ids.shape[1] :], skip_special_tokens=True)
-        ]
+        answers += greedy_decode(model, tok, enc, max_new_tokens)
     tok.padding_side = "right"
     return answers
 
@@ -113,12 +126,26 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def unevaluated(model_dir: str, out_path: str) -> dict | None:
+    """A model whose run did not end ok (diverged) gets an empty table, never garbage: its
+    summary, or None for a model to evaluate."""
+    status = read_model_json(model_dir).get("status", "ok")
+    if status == "ok":
+        return None
+    write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
+    return {"status": status, "rows": 0}
+
+
+def write_tasks(tables: list[pd.DataFrame], out_path: str) -> dict:
+    table = pd.concat(tables, ignore_index=True)
+    write_table(table, out_path)
+    return {"status": "ok", "rows": len(table)}
+
+
 def evaluate(model_dir: str, tasks: dict[str, str], out_path: str, hp: dict) -> dict:
-    """Evaluate one model on every task; a diverged model gets an empty table, never garbage."""
-    meta = read_model_json(model_dir)
-    if meta.get("status", "ok") != "ok":
-        write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
-        return {"status": meta["status"], "rows": 0}
+    """Evaluate one model on every task (a diverged one: see `unevaluated`)."""
+    if (skipped := unevaluated(model_dir, out_path)) is not None:
+        return skipped
     torch.manual_seed(hp["seed"])
     model, meta = load_model(model_dir)
     tok = load_tokenizer(meta["base"])
@@ -126,6 +153,4 @@ def evaluate(model_dir: str, tasks: dict[str, str], out_path: str, hp: dict) -> 
     for task, path in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
         df = pick_samples(read_qa(path), hp["max_samples"], hp["seed"])
         tables.append(evaluate_task(model, tok, task, df, hp))
-    table = pd.concat(tables, ignore_index=True)
-    write_table(table, out_path)
-    return {"status": "ok", "rows": len(table)}
+    return write_tasks(tables, out_path)

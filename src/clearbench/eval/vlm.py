@@ -14,19 +14,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from clearbench.data.clear import SCHEMAS
 from clearbench.data.text import read_qa, read_table
-from clearbench.eval.text import EVAL_SCHEMA, contract_rows, pick_samples, write_table
+from clearbench.eval.text import (
+    contract_rows,
+    greedy_decode,
+    losses_by_length,
+    pick_samples,
+    unevaluated,
+    write_tasks,
+)
 from clearbench.models.factory import (
     load_image_processor,
     load_model,
     load_tokenizer,
-    read_model_json,
 )
 from clearbench.train.vlm import check_hp, id_question, read_photos
 from clearbench.train.vqa import Sample, Vision, sequence_nll, stable_rng
@@ -104,31 +109,23 @@ def task_tables(clear_dir, text_dir, split: str, seed: int) -> dict[str, pd.Data
 
 @torch.no_grad()
 def answer_losses(model, vision: Vision, samples: list[Sample], max_len: int, batch_size: int):
-    """Mean answer-token NLL per sample, batched by length (every option sees its image)."""
+    """Mean answer-token NLL per sample (every option sees its image)."""
     encoded = [vision.encode(s, max_len) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: len(encoded[i][0]))
-    out = np.empty(len(samples))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = vision.collate([samples[i] for i in idx], [encoded[i] for i in idx])
-        out[idx] = sequence_nll(model, batch).numpy()
-    return out
+    return losses_by_length(
+        encoded,
+        batch_size,
+        lambda idx: sequence_nll(
+            model, vision.collate([samples[i] for i in idx], [encoded[i] for i in idx])
+        ),
+    )
 
 
 @torch.no_grad()
 def greedy_answers(model, vision: Vision, samples: list[Sample], max_new_tokens, batch_size):
-    tok, answers = vision.tok, []
+    answers = []
     for start in range(0, len(samples), batch_size):
         batch = vision.prompt_batch(samples[start : start + batch_size])
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        new = out[:, batch["input_ids"].shape[1] :]
-        answers += [s.strip() for s in tok.batch_decode(new, skip_special_tokens=True)]
+        answers += greedy_decode(model, vision.tok, batch, max_new_tokens)
     return answers
 
 
@@ -148,10 +145,8 @@ def evaluate_vlm(
 ) -> dict:
     """The per-sample table of one VLM on the six tasks; a diverged model gets an empty table."""
     check_hp(hp, "eval")
-    meta = read_model_json(model_dir)
-    if meta.get("status", "ok") != "ok":
-        write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
-        return {"status": meta["status"], "rows": 0}
+    if (skipped := unevaluated(model_dir, out_path)) is not None:
+        return skipped
     tasks = task_tables(clear_dir, text_dir, split, hp["seed"])
     torch.manual_seed(hp["seed"])
     model, meta = load_model(model_dir)
@@ -160,6 +155,4 @@ def evaluate_vlm(
     for task, df in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
         df = pick_samples(df, hp["max_samples"], hp["seed"])
         tables.append(evaluate_task(model, vision, task, df, hp))
-    table = pd.concat(tables, ignore_index=True)
-    write_table(table, out_path)
-    return {"status": "ok", "rows": len(table)}
+    return write_tasks(tables, out_path)

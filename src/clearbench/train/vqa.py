@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clearbench.train.qa import collate
+
 IMAGE_TOKEN = "<image>"
 PROMPT = "USER: {image}{question} ASSISTANT:"
 
@@ -90,17 +92,9 @@ class Vision:
     def collate(self, samples: list[Sample], encoded: list[tuple[list[int], list[int]]]) -> dict:
         """Right-padded batch; pixel_values holds the images of the samples that have one, in
         order (LLaVA fills the batch's image tokens from it, image after image)."""
-        width = max(len(ids) for ids, _ in encoded)
-        pad = self.tok.pad_token_id
-        batch = {
-            "input_ids": torch.full((len(encoded), width), pad, dtype=torch.long),
-            "labels": torch.full((len(encoded), width), -100, dtype=torch.long),
-            "attention_mask": torch.zeros((len(encoded), width), dtype=torch.long),
-        }
-        for i, (ids, lab) in enumerate(encoded):
-            batch["input_ids"][i, : len(ids)] = torch.tensor(ids)
-            batch["labels"][i, : len(lab)] = torch.tensor(lab)
-            batch["attention_mask"][i, : len(ids)] = 1
+        return self.with_pixels(collate(encoded, self.tok.pad_token_id), samples)
+
+    def with_pixels(self, batch: dict, samples: list[Sample]) -> dict:
         images = [self.pixels(s.image) for s in samples if s.image is not None]
         if images:
             batch["pixel_values"] = torch.stack(images)
@@ -115,11 +109,7 @@ class Vision:
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        images = [self.pixels(s.image) for s in samples if s.image is not None]
-        if images:
-            batch["pixel_values"] = torch.stack(images)
-        return batch
+        return self.with_pixels({"input_ids": ids, "attention_mask": mask}, samples)
 
 
 def sequence_nll(model, batch: dict) -> torch.Tensor:
