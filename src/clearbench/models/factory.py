@@ -81,16 +81,21 @@ def llava_config(cfg: dict, vocab_size: int, image_token_id: int | None) -> Llav
     )
 
 
-def load_checkpoint(name_or_path: str):
-    """Load a Hub id or a local folder; offline users get a one-line reason, not a traceback."""
+def from_pretrained(what: str, auto, name_or_path: str, **kwargs):
+    """`auto.from_pretrained` of a Hub id or a local folder; offline users get a one-line reason
+    naming the `what` that could not be loaded, not a traceback."""
     try:
-        config = AutoConfig.from_pretrained(name_or_path)
-        auto = AutoModelForImageTextToText if is_vlm(config) else AutoModelForCausalLM
-        return auto.from_pretrained(name_or_path)
+        return auto.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(
-            f"cannot load checkpoint '{name_or_path}': {str(err).splitlines()[0]}"
+            f"cannot load {what} '{name_or_path}': {str(err).splitlines()[0]}"
         ) from None
+
+
+def load_checkpoint(name_or_path: str):
+    config = from_pretrained("checkpoint", AutoConfig, name_or_path)
+    auto = AutoModelForImageTextToText if is_vlm(config) else AutoModelForCausalLM
+    return from_pretrained("checkpoint", auto, name_or_path)
 
 
 def is_vlm(config) -> bool:
@@ -99,21 +104,11 @@ def is_vlm(config) -> bool:
 
 def load_image_processor(name_or_path: str):
     """The checkpoint's image processor, PIL backend (torchvision does not import here)."""
-    try:
-        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
-    except (OSError, ValueError) as err:
-        raise ModelError(
-            f"cannot load image processor '{name_or_path}': {str(err).splitlines()[0]}"
-        ) from None
+    return from_pretrained("image processor", AutoImageProcessor, name_or_path, backend="pil")
 
 
 def load_tokenizer(name_or_path: str):
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ModelError(
-            f"cannot load tokenizer '{name_or_path}': {str(err).splitlines()[0]}"
-        ) from None
+    tok = from_pretrained("tokenizer", AutoTokenizer, name_or_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
