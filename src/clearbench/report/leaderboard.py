@@ -17,16 +17,19 @@ COLUMNS = [
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
 VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
-# per track: the retain column of the failed-retain rule, the columns shown and plotted
+# per track: the retain column of the failed-retain rule, what ranks (lower is better; ties
+# go to the higher retain), the columns shown and plotted
 VIEWS = {
     "vision": dict(
         retain="retain_acc",
+        rank_by=lambda rows: (rows["u_lira"].astype(float) - 0.5).abs(),  # 0.5 = unexposed
         shown=["method", "modality", *VISION_KEYS, "rte_seconds", "status", "rank"],
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
     ),
     "text": dict(
         retain="retain",
+        rank_by=lambda rows: rows["forget"],
         shown=[
             "method", "l1", "modality", "real", "retain", "forget",
             "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank",
@@ -97,13 +100,9 @@ def apply_rules(
         ]
         board.loc[failed, "status"] = "failed-retain"
         ok = board.loc[methods.index]
-        if track == "vision":
-            ok = ok[(ok["status"] == "ok") & ok["u_lira"].notna()]
-            ok = ok.assign(exposure=(ok["u_lira"].astype(float) - 0.5).abs())
-            order = ok.sort_values(["exposure", retain], ascending=[True, False]).index
-        else:
-            ok = ok[(ok["status"] == "ok") & ok["forget"].notna()]
-            order = ok.sort_values(["forget", "retain"], ascending=[True, False]).index
+        ok = ok[ok["status"] == "ok"].assign(rank_key=view(track)["rank_by"])
+        ok = ok[ok["rank_key"].notna()]
+        order = ok.sort_values(["rank_key", retain], ascending=[True, False]).index
         board.loc[order, "rank"] = np.arange(1, len(order) + 1)
     return board
 
