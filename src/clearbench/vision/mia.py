@@ -167,7 +167,15 @@ def score_mia(scores):
     return {k: None if v is None or not np.isfinite(v) else float(v) for k, v in result.items()}
 
 
-def _write_json_atomic(path, obj):
+def write_parquet_atomic(df: pd.DataFrame, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def write_json_atomic(path, obj):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -199,7 +207,7 @@ def main(argv=None):
         return 2
     result = score_mia(df)
     if args.out:
-        _write_json_atomic(args.out, result)
+        write_json_atomic(args.out, result)
     else:
         print(json.dumps(result, indent=2))
     return 0

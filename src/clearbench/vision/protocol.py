@@ -447,14 +447,6 @@ def run_protocol(celebs, full, split, hp=None, methods=("retain_ft",), progress=
 # ------------------------------------------------------------------------------ CLI
 
 
-def write_parquet_atomic(df: pd.DataFrame, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def _hp(arg):
     """--hp: a JSON string, or a JSON/YAML file (a params.yaml: its `vision` section)."""
     if not arg:
@@ -538,19 +530,19 @@ def main(argv=None):
             state = unlearn_models(ens.State.load(args.state), data, args.method, hp)
         state.save(out)
         if args.scores:
-            write_parquet_atomic(score_models(state, data, hp), args.scores)
+            mia.write_parquet_atomic(score_models(state, data, hp), args.scores)
         if args.meta:
-            mia._write_json_atomic(args.meta, chunk_meta(state))
+            mia.write_json_atomic(args.meta, chunk_meta(state))
         print(json.dumps(chunk_meta(state)))
     else:
         from clearbench.vision.report import summarize_family
 
         parts = [ens.State.load(path) for path in args.state]
         scores = score_models(ens.cat(parts), data, hp)
-        write_parquet_atomic(scores, out)
+        mia.write_parquet_atomic(scores, out)
         summary = summarize_family([chunk_meta(part) for part in parts], scores)
         if args.metrics:
-            mia._write_json_atomic(args.metrics, summary)
+            mia.write_json_atomic(args.metrics, summary)
         print(json.dumps(summary))
     return 0
 

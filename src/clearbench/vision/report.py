@@ -137,11 +137,8 @@ def collect(scores: list[str], metas: list[str], out: str, summary: str) -> dict
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=mia.COLUMNS)
     mia.validate_scores(table)
     result = summarize_family([json.loads(Path(m).read_text()) for m in metas], table)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out)
-    mia._write_json_atomic(summary, result)
+    mia.write_parquet_atomic(table, out)
+    mia.write_json_atomic(summary, result)
     return result
 
 
