@@ -4,11 +4,13 @@ generation and the per-sample eval table, on tiny tables built here (no data/ ne
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from clearbench.config import vlm_stage_hp
@@ -27,6 +29,7 @@ from clearbench.models.tokenizer import train_tokenizer
 from clearbench.train import vlm as V
 from clearbench.train.vqa import IMAGE_TOKEN, Sample, Vision
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_VLM = {
     "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 32,
                       "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
@@ -35,7 +38,8 @@ TINY_VLM = {
                     "tie_word_embeddings": True},
     "vision_feature_layer": -1,
 }  # fmt: skip
-LORA = V.DEFAULT["finetune"]["lora"] | {"r": 4, "alpha": 8}
+VLM_PARAMS = {"seed": 0, **yaml.safe_load((ROOT / "params.yaml").read_text())["vlm"]}
+LORA = VLM_PARAMS["finetune"]["lora"] | {"r": 4, "alpha": 8}
 FINETUNE = {"seed": 0, "max_len": 64, "epochs": 2, "lr": 5e-3, "batch_size": 16,
             "weight_decay": 0.0, "replay": True, "freeze_vision_tower": True, "lora": LORA}  # fmt: skip
 EVAL = {"seed": 0, "max_len": 64, "max_samples": 0, "max_new_tokens": 8, "batch_size": 32}
@@ -134,7 +138,7 @@ def test_base_folder_is_a_loadable_chain_with_tokenizer_and_processor(vlm_base, 
     assert vision.pixels(square((10, 20, 30), 0)).shape == (3, 32, 32)  # resized from 64
     # a checkpoint spec records the checkpoint and trains nothing
     summary = V.pretrain_vlm_base("unused", "unused", str(tmp_path / "ck"),
-                                  vlm_stage_hp("base", V.DEFAULT) | {"model": {"checkpoint": str(vlm_base)}})  # fmt: skip
+                                  vlm_stage_hp("base", VLM_PARAMS) | {"model": {"checkpoint": str(vlm_base)}})  # fmt: skip
     assert summary == {"trained": False}
     assert load_model(tmp_path / "ck")[1]["base"] == str(vlm_base)
 

@@ -12,7 +12,7 @@ only. CLEAR samples of one table are its text QA, its photo QA (photo + the phot
 answer) and identification (photo + a seeded "who is this?" question -> name).
 
 Hyperparameters: `--hp` of each CLI stage is one flat dict (`config.vlm_stage_hp` builds it
-from a section shaped like DEFAULT, params.yaml's `vlm:` section plus the seed):
+from params.yaml's `vlm:` section plus the seed):
   all stages    seed; max_len (text tokens per sample, image tokens come on top)
   vlm-base      model ({config: {vision_config, text_config, other LlavaConfig keys}} or
                 {checkpoint: id or path}), vocab_size, epochs, lr, batch_size, weight_decay
@@ -57,60 +57,6 @@ from clearbench.train.vqa import (
     stable_rng,
 )
 
-DEFAULT = {
-    "seed": 0,
-    "max_len": 96,
-    "vocab_size": 1024,
-    "model": {
-        "config": {
-            "vision_config": {
-                "image_size": 64,
-                "patch_size": 32,
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-            },
-            "text_config": {
-                "hidden_size": 64,
-                "intermediate_size": 192,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "max_position_embeddings": 128,
-                "tie_word_embeddings": True,
-            },
-            "vision_feature_layer": -1,  # a 2-layer tower: use its last layer, not the -2 of 7B
-        }
-    },
-    "base": {"epochs": 20, "lr": 3e-3, "batch_size": 16, "weight_decay": 0.01},
-    "finetune": {
-        "epochs": 14,
-        "lr": 5e-3,
-        "batch_size": 32,
-        "weight_decay": 0.01,
-        "replay": True,
-        "freeze_vision_tower": True,
-        "lora": {
-            "r": 16,
-            "alpha": 32,
-            "dropout": 0.0,
-            # the Llama's linears and LLaVA's projector (linear_1/2); the tower's q/k/v_proj match
-            # too, which is why a frozen tower is excluded by name (VISION_TOWER), not here
-            "target_modules": [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-                "linear_1",
-                "linear_2",
-            ],
-        },
-    },
-    "eval": {"max_samples": 0, "max_new_tokens": 40, "batch_size": 64},
-}
 STAGE_KEYS = {
     "base": ("model", "vocab_size", "epochs", "lr", "batch_size", "weight_decay"),
     "finetune": (
@@ -130,7 +76,9 @@ ID_QUESTIONS = (
     "What is the name of the person in the photo?",
     "Who is shown in this picture?",
 )
-VISION_TOWER = r".*vision_tower.*"  # peft regex: modules that get no LoRA when frozen
+# peft regex: modules that get no LoRA when the tower is frozen (the tower's q/k/v_proj match
+# the Llama's target_modules too, so the exclusion has to be by name)
+VISION_TOWER = r".*vision_tower.*"
 
 
 def check_hp(hp: dict, stage: str) -> None:
