@@ -174,17 +174,18 @@ def test_matching_is_optimal_where_greedy_is_not():
     face = {"gender": "male", "ethnicity": "white"}
     drawn = [dict(face, age=51), dict(face, age=40)]
     aged = [dict(face, age=90), dict(face, age=90)]
-    w = C.DEFAULTS["match_weights"]
-    idx, was_aged, cost = C.match_authors(authors, drawn, aged, w)
-    assert idx.tolist() == [1, 0] and cost.sum() == pytest.approx(1.0)  # 10 + 0 years
-    greedy = C.match_cost(authors, drawn, w)  # author 0 grabs face 0 (1 y), author 1 face 1 (11 y)
-    assert greedy[0, 0] + greedy[1, 1] == pytest.approx(1.2)
+    idx, was_aged, cost = C.match_authors(authors, drawn, aged)
+    assert idx.tolist() == [1, 0] and cost.sum() == pytest.approx(10.0)  # 10 + 0 years
+    greedy = C.match_cost(authors, drawn)  # author 0 grabs face 0 (1 y), author 1 face 1 (11 y)
+    assert greedy[0, 0] + greedy[1, 1] == pytest.approx(12.0)
     assert greedy[0, 0] + greedy[1, 1] > cost.sum()
     assert not was_aged.any()
-    # the aged version is used where it fits better, and matches brute force on random cases
+    # the aged version is used where it fits better, and matches brute force on random cases,
+    # feasible or not (then the pool is short of a gender/ethnicity group)
     rng = np.random.default_rng(0)
     eth = ["European", "African", "East Asian"]
-    for _ in range(5):
+    outcomes = set()
+    for _ in range(20):
         authors = [
             {
                 "age": int(rng.integers(30, 90)),
@@ -199,20 +200,71 @@ def test_matching_is_optimal_where_greedy_is_not():
                 "gender": str(rng.choice(["male", "female"])),
                 "ethnicity": str(rng.choice(["white", "black", "asian"])),
             }
-            for _ in range(5)
+            for _ in range(6)
         ]
         older = [dict(f, age=f["age"] + 20) for f in faces]
-        idx, was_aged, cost = C.match_authors(authors, faces, older, w)
-        both = np.minimum(C.match_cost(authors, faces, w), C.match_cost(authors, older, w))
+        both = np.minimum(C.match_cost(authors, faces), C.match_cost(authors, older))
         brute = min(
-            sum(both[i, p[i]] for i in range(3)) for p in itertools.permutations(range(5), 3)
+            sum(both[i, p[i]] for i in range(3)) for p in itertools.permutations(range(6), 3)
         )
+        outcomes.add(brute < C.FORBIDDEN)
+        if brute >= C.FORBIDDEN:
+            with pytest.raises(C.ClearDataError, match="data.clear.n_pool: the face pool"):
+                C.match_authors(authors, faces, older)
+            continue
+        idx, was_aged, cost = C.match_authors(authors, faces, older)
         assert cost.sum() == pytest.approx(brute)
         assert len(set(idx.tolist())) == 3
         assert was_aged.tolist() == [
-            C.match_cost([a], [older[j]], w)[0, 0] < C.match_cost([a], [faces[j]], w)[0, 0]
+            C.match_cost([a], [older[j]])[0, 0] < C.match_cost([a], [faces[j]])[0, 0]
             for a, j in zip(authors, idx, strict=True)
         ]
+    assert outcomes == {True, False}
+
+
+def test_matching_never_crosses_gender_or_ethnicity(built):
+    # the only face close in age has the other gender (or ethnicity): the old weighted cost
+    # (0.1 / year, gender 3, ethnicity 2) took it, 3 < 4.5 (2 < 4.5); now the far one wins
+    woman = {"age": 70, "gender": "female", "ethnicity": "East Asian"}
+    for near in (
+        {"gender": "male", "ethnicity": "asian"},
+        {"gender": "female", "ethnicity": "white"},
+    ):
+        faces = [dict(near, age=70.0), {"age": 25.0, "gender": "female", "ethnicity": "asian"}]
+        idx, was_aged, cost = C.match_authors([woman], faces, faces)
+        assert idx.tolist() == [1] and cost.tolist() == [45.0]
+    assert C.face_group(woman) == "female/asian"  # authors' ethnicities in the face classes
+    # the built dataset: every author's final face measures as the author's gender/ethnicity
+    root, summary = built
+    authors = read_authors(root / "text" / "authors.parquet").set_index("author_id")
+    for face in table(root, "faces").to_dict("records"):
+        a = authors.loc[face["author_id"]]
+        assert C.face_group(a) == f"{face['face_gender']}/{face['face_ethnicity']}"
+    assert summary["match"]["gender_agreement"] == summary["match"]["ethnicity_agreement"] == 1
+
+
+def test_a_pool_short_of_a_group_fails_with_one_line(built, tmp_path):
+    authors = [
+        {"age": 40, "gender": "female", "ethnicity": e} for e in ("East Asian", "Southeast Asian")
+    ]
+    authors.append({"age": 40, "gender": "male", "ethnicity": "African"})
+    faces = [{"age": 40.0, "gender": "female", "ethnicity": "asian"}]
+    faces += [{"age": 40.0, "gender": "male", "ethnicity": "black"}] * 3
+    with pytest.raises(C.ClearDataError) as excinfo:
+        C.match_authors(authors, faces, faces)
+    assert one_line(excinfo) == (
+        "data.clear.n_pool: the face pool has 1 female/asian faces for 2 female/asian authors; "
+        "raise n_pool"
+    )
+    # a face female/asian as drawn, male/asian aged: one face per group, not one per author
+    drawn = [faces[0], {"age": 40.0, "gender": "female", "ethnicity": "white"}]
+    aged = [dict(faces[0], gender="male"), drawn[1]]
+    with pytest.raises(C.ClearDataError, match="cannot give every author a face of their gender"):
+        C.match_authors([authors[0], dict(authors[0], gender="male")], drawn, aged)
+    # the builder: a pool of 6 faces for 6 authors leaves some group short
+    root, _ = built
+    with pytest.raises(C.ClearDataError, match=r"^data\.clear\.n_pool: the face pool has \d+ "):
+        C.build_clear_dataset(root / "text", tmp_path / "out", dict(SMOKE, n_pool=N_AUTHORS))
 
 
 def test_best_of_n_returns_the_argmax_candidate():

@@ -1,16 +1,18 @@
 """The CLEAR visual dataset (paper section 4.1 and App. B) as a library: `build_clear_dataset`.
 
 1. Face pool: batches of 32 generator draws, the 8 best by quality kept, up to `n_pool` faces.
-2. Attributes (age, gender, ethnicity) measured from every pool face's canonical image, twice:
-   as drawn, and after the age edit (age +5, glasses -10, the paper's strengths).
-3. Matching, then the age shift. The paper found its authors much older than its StyleGAN faces
-   and closed the gap by editing faces older ("to generate a set of older people"). Here each
-   pool identity is a candidate in both versions; authors are assigned to identities by
-   scipy's linear_sum_assignment on cost = min over the two versions of
-   age_per_year * |age difference| + gender * [mismatch] + ethnicity * [mismatch], so one
-   identity never serves two authors. Matched faces whose aged version won then go through
-   `faces.age_shift` (its own best-of-32 edit candidates). Face attributes in faces.parquet are
-   measured again on the final portrait; `summary["match"]` reports their agreement.
+2. Age shift and attributes. The paper found its authors much older than its StyleGAN faces
+   and closed the gap by editing faces older ("to generate a set of older people"): every pool
+   face also goes through `age_shift` (age +5, glasses -10, the paper's strengths; parametric
+   faces: its own best-of-32 edit candidates). Attributes (age, gender, ethnicity) are
+   measured from the canonical image of both versions, as drawn and aged.
+3. Matching. Each pool identity is a candidate in both versions; authors are assigned to
+   identities by scipy's linear_sum_assignment on cost = min over the two versions of
+   |age difference| in years, so one identity never serves two authors. Gender and ethnicity
+   are hard constraints: an author only gets a face version measured as the author's gender
+   and ethnicity class (`FACE_ETHNICITY`). The matched version is the final face, so the
+   attributes measured again on the final portrait (faces.parquet, `summary["match"]`) are
+   the matched ones.
 4. Personalized photos: per text QA, the prompt `paper_prompt(author, qa)`, `n_candidates`
    candidates from the photo backend, the one the realism score ranks first (`best_of_n`), a
    caption from the scene and the chosen pose (the paper's captions came from GPT-4o).
@@ -31,6 +33,7 @@ import math
 import re
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +59,6 @@ DEFAULTS = {
     "face_fraction": scenes.FACE_FRACTION,
     "age_strength": 5.0,
     "glasses_strength": -10.0,
-    "match_weights": {"age_per_year": 0.1, "gender": 3.0, "ethnicity": 2.0},
     "n_real_faces": 20,
     "real_face_images": 5,
     "n_real_world": 200,
@@ -190,10 +192,6 @@ class ParametricFaces:
         ]
         return z, imgs
 
-    def edit(self, z, age_strength, glasses_strength):
-        z = F.edit_latent(z, F.AGE_DIRECTION, age_strength)
-        return F.edit_latent(z, F.GLASSES_DIRECTION, glasses_strength)
-
     def age_shift(self, z, seed, age_strength, glasses_strength, batch, keep):
         if len(z) == 0:
             return np.zeros((0, F.LATENT_DIM))
@@ -208,31 +206,50 @@ class ParametricFaces:
         return F.face_attributes(img)
 
 
-def match_cost(authors: list[dict], face_attrs: list[dict], weights: dict) -> np.ndarray:
-    """(authors x faces) cost: scaled age difference plus gender and ethnicity penalties."""
-    age = np.array([[f["age"] for f in face_attrs]])
-    cost = weights["age_per_year"] * np.abs(np.array([[a["age"]] for a in authors]) - age)
-    for a_row, a in zip(cost, authors, strict=True):
-        eth = FACE_ETHNICITY.get(a["ethnicity"], a["ethnicity"])
-        a_row += weights["gender"] * np.array([f["gender"] != a["gender"] for f in face_attrs])
-        a_row += weights["ethnicity"] * np.array([f["ethnicity"] != eth for f in face_attrs])
-    return cost
+FORBIDDEN = 1e9  # the cost of a pair of different gender or ethnicity: above any assignment
 
 
-def match_authors(authors, attrs_drawn, attrs_aged, weights):
+def face_group(person: dict) -> str:
+    """'gender/ethnicity' in the face attribute classes (authors' ethnicities mapped to them)."""
+    return f"{person['gender']}/{FACE_ETHNICITY.get(person['ethnicity'], person['ethnicity'])}"
+
+
+def match_cost(authors: list[dict], face_attrs: list[dict]) -> np.ndarray:
+    """(authors x faces) cost: |age difference| in years, FORBIDDEN unless the groups agree."""
+    cost = np.abs(np.array([[a["age"]] for a in authors]) - [f["age"] for f in face_attrs])
+    same = [[face_group(a) == face_group(f) for f in face_attrs] for a in authors]
+    return np.where(same, cost, FORBIDDEN)
+
+
+def match_authors(authors, attrs_drawn, attrs_aged):
     """Optimal assignment of authors to pool identities, each in its better version.
 
-    Returns face index per author, aged flag per author, and the pair costs.
+    Every author gets a face version of their gender and ethnicity (else ClearDataError).
+    Returns face index per author, aged flag per author, and the age differences.
     """
-    drawn = match_cost(authors, attrs_drawn, weights)
-    aged = match_cost(authors, attrs_aged, weights)
+    drawn, aged = match_cost(authors, attrs_drawn), match_cost(authors, attrs_aged)
     if len(authors) > drawn.shape[1]:
         raise ClearDataError(f"n_pool={drawn.shape[1]} is smaller than the {len(authors)} authors")
     best = np.minimum(drawn, aged)
     rows, cols = linear_sum_assignment(best)
+    if (best[rows, cols] >= FORBIDDEN).any():
+        raise ClearDataError(_pool_shortage(authors, attrs_drawn, attrs_aged))
     order = np.argsort(rows)
     rows, cols = rows[order], cols[order]
     return cols, aged[rows, cols] < drawn[rows, cols], best[rows, cols]
+
+
+def _pool_shortage(authors, attrs_drawn, attrs_aged) -> str:
+    """The one-line error for a pool that cannot give every author a face of their group."""
+    need = Counter(face_group(a) for a in authors)
+    versions = zip(attrs_drawn, attrs_aged, strict=True)
+    have = Counter(g for pair in versions for g in {face_group(f) for f in pair})
+    short = [g for g in sorted(need) if have[g] < need[g]]
+    if not short:  # enough faces per group, but some would have to serve two groups
+        problem = "cannot give every author a face of their gender and ethnicity"
+    else:
+        problem = f"has {have[short[0]]} {short[0]} faces for {need[short[0]]} {short[0]} authors"
+    return f"data.clear.n_pool: the face pool {problem}; raise n_pool"
 
 
 # -------------------------------------------------------------------------------- tables
@@ -422,31 +439,26 @@ def _synthesize(authors, full, splits, hp, text_dir):
         clock[0] = now
 
     source = _face_source(hp)
-    z_pool, pool_imgs = source.pool(hp["n_pool"], _seed(seed, 1), hp["pool_batch"], hp["pool_keep"])
+    batch, keep = hp["pool_batch"], hp["pool_keep"]
+    z_pool, pool_imgs = source.pool(hp["n_pool"], _seed(seed, 1), batch, keep)
     lap("pool")
+    strengths = hp["age_strength"], hp["glasses_strength"]
+    z_aged = source.age_shift(z_pool, _seed(seed, 2), *strengths, batch, keep)
+    lap("age_shift")
     attrs_drawn = [
         source.attributes(im) for im in tqdm(pool_imgs, "face attributes", disable=quiet)
     ]
-    z_edit = [source.edit(z, hp["age_strength"], hp["glasses_strength"]) for z in z_pool]
     attrs_aged = [
         source.attributes(source.portrait(z))
-        for z in tqdm(z_edit, "aged attributes", disable=quiet)
+        for z in tqdm(z_aged, "aged attributes", disable=quiet)
     ]
     lap("attributes")
     recs = authors.to_dict("records")
-    idx, aged, cost = match_authors(recs, attrs_drawn, attrs_aged, hp["match_weights"])
-    final = np.array(z_pool[idx], dtype=np.float64)
-    final[aged] = source.age_shift(
-        final[aged],
-        _seed(seed, 2),
-        hp["age_strength"],
-        hp["glasses_strength"],
-        hp["pool_batch"],
-        hp["pool_keep"],
-    )
+    idx, aged, cost = match_authors(recs, attrs_drawn, attrs_aged)
+    final = np.where(aged[:, None], z_aged[idx], z_pool[idx]).astype(np.float64)
     portraits = [source.portrait(z) for z in final]
     attrs = [source.attributes(p) for p in portraits]
-    lap("match_and_age_shift")
+    lap("match")
     faces = pd.DataFrame(
         {
             "author_id": authors["author_id"],
@@ -502,7 +514,6 @@ def _synthesize(authors, full, splits, hp, text_dir):
                 4,
             ),
             "aged_share": round(float(np.mean(aged)), 4),
-            "mean_cost": round(float(np.mean(cost)), 4),
         },
         "realism": photo_stats,
         "timings_s": timings,
@@ -780,7 +791,7 @@ def _card_plot(card, path):
     for key, label, style in (
         ("author_age", "authors", dict(color="k", lw=2)),
         ("pool_age", "pool faces as drawn", dict(color="tab:blue")),
-        ("aged_pool_age", "pool faces after the age edit", dict(color="tab:orange")),
+        ("aged_pool_age", "pool faces after the age shift", dict(color="tab:orange")),
         ("face_age", "matched faces (final)", dict(color="tab:green", lw=2)),
     ):
         ax[0].hist(card[key], bins=bins, density=True, histtype="step", label=label, **style)
@@ -823,7 +834,6 @@ def _card_md(path, summary, sheets, has_plot):
             f"- gender agreement: {m['gender_agreement']:.1%}",
             f"- ethnicity agreement: {m['ethnicity_agreement']:.1%}",
             f"- faces that took the age shift: {m['aged_share']:.1%}",
-            f"- mean assignment cost: {m['mean_cost']}",
             "",
             "## Personalized photos",
             "",
