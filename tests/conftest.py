@@ -52,7 +52,6 @@ def base_dir(text_data, tmp_path_factory) -> Path:
     tables = [text_data / f"{t}.parquet" for t in ("real_authors", "world_facts", "background")]
     pretrain_base(
         [str(p) for p in tables],
-        [str(text_data / "full.parquet"), *map(str, tables)],
         str(out),
         {"model": {"config": TINY}, "vocab_size": 600, "seed": 0, "max_len": 128,
          "epochs": 30, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 8},

@@ -60,7 +60,7 @@ def snakemake_target_outputs(target: str) -> set[str]:
 def test_dvc_stages_match_snakemake_phases():
     stages = dvc_stages()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    expected = {"data", "base", "finetune", "evaluate", "vision", "vlm", "report"}
+    expected = {"data", "base", "finetune", "reference", "evaluate", "vision", "vlm", "report"}
     expected |= {f"unlearn@{m}" for m in params["unlearn"]["methods"]}
     assert set(stages) == expected
     rules = set(snakemake("--list-rules").stdout.split())

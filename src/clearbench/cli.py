@@ -43,7 +43,7 @@ def cmd_base(a) -> dict:
     from clearbench.train.text import pretrain_base
 
     set_threads(a.threads)
-    return pretrain_base(a.qa, a.corpus, a.out, a.hp)
+    return pretrain_base(a.qa, a.out, a.hp)
 
 
 def cmd_finetune(a) -> dict:
@@ -53,11 +53,32 @@ def cmd_finetune(a) -> dict:
     return finetune(a.base, a.data, a.out, a.hp, a.replay)
 
 
+def language_track(a):
+    """The --track's samples: text (--forget, --retain) or vlm (--clear, --text, --split,
+    --modality)."""
+    from clearbench.unlearn.run import text_track, vlm_track
+
+    need = ["forget", "retain"] if a.track == "text" else ["clear", "text", "split", "modality"]
+    missing = [f"--{k}" for k in need if getattr(a, k) is None]
+    if missing:
+        raise ValueError(f"--track {a.track} needs {' '.join(missing)}")
+    if a.track == "text":
+        return text_track(a.forget, a.retain)
+    return vlm_track(a.clear, a.text, a.split, a.modality, a.hp)
+
+
 def cmd_unlearn(a) -> dict:
-    from clearbench.unlearn.text import unlearn
+    from clearbench.unlearn.run import unlearn
 
     set_threads(a.threads)
-    return unlearn(a.original, a.forget, a.retain, a.out, a.hp)
+    return unlearn(a.original, a.out, a.hp, language_track(a), a.reference)
+
+
+def cmd_idk_reference(a) -> dict:
+    from clearbench.unlearn.run import train_reference
+
+    set_threads(a.threads)
+    return train_reference(a.original, a.out, a.hp, language_track(a))
 
 
 def cmd_eval(a) -> dict:
@@ -128,19 +149,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--text", required=True, help="the text dataset folder (authors, splits)")
     s.add_argument("--out", required=True)
     s = stage("base", cmd_base, "tokenizer + base model (pretrained here or a checkpoint)")
-    s.add_argument("--qa", nargs="+", required=True, help="general-knowledge QA tables")
-    s.add_argument("--corpus", nargs="+", required=True, help="tables the tokenizer must cover")
+    s.add_argument("--qa", nargs="+", required=True, help="base QA tables (tokenizer corpus too)")
     s.add_argument("--out", required=True)
     s = stage("finetune", cmd_finetune, "LoRA finetuning (original or gold)")
     s.add_argument("--base", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--replay", nargs="*", default=[], help="general-knowledge tables mixed in")
     s.add_argument("--out", required=True)
-    s = stage("unlearn", cmd_unlearn, "run one unlearning method")
-    s.add_argument("--original", required=True)
-    s.add_argument("--forget", required=True)
-    s.add_argument("--retain", required=True)
-    s.add_argument("--out", required=True)
+    for name, fn, what in (
+        ("unlearn", cmd_unlearn, "run one unlearning method (text or vlm track)"),
+        ("idk-reference", cmd_idk_reference, "DPO's reference: the original tuned on IDK answers"),
+    ):
+        s = stage(name, fn, what)
+        s.add_argument("--track", choices=["text", "vlm"], default="text")
+        s.add_argument("--original", required=True)
+        s.add_argument("--forget", help="text: the forget QA table")
+        s.add_argument("--retain", help="text: the retain QA table")
+        s.add_argument("--clear", help="vlm: the CLEAR dataset folder")
+        s.add_argument("--text", help="vlm: the text dataset folder")
+        s.add_argument("--split", help="vlm: the forget split")
+        s.add_argument(
+            "--modality", choices=["text", "visual", "both"], help="vlm: forget modality"
+        )
+        s.add_argument("--out", required=True)
+        if name == "unlearn":
+            s.add_argument("--reference", help="DPO: the IDK-tuned reference model")
     s = stage("eval", cmd_eval, "per-sample evaluation table of one model")
     s.add_argument("--model", required=True)
     s.add_argument("--task", action="append", required=True, help="TASK=QA.parquet")

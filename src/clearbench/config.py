@@ -29,6 +29,27 @@ def vlm_stage_hp(stage: str, vlm: dict) -> dict:
     return values
 
 
+def unlearn_stage_hp(config: dict, track: str, method: str | None, l1: bool) -> dict:
+    """The flat --hp of an unlearning job of a language track (`method=None`: DPO's IDK
+    reference): the track's training keys, and only this method's hyperparameters (shared
+    `unlearn.method_hp` overlaid by the track's own), so tuning one method reruns only its jobs."""
+    section = config[track]["unlearn"]
+    train = {k: v for k, v in section.items() if k not in ("reference", "method_hp")}
+    values = {"seed": config["seed"], "max_len": config[track]["max_len"], **train}
+    if method is None:
+        values |= section["reference"]
+    else:
+        own = config["unlearn"]["method_hp"].get(method, {})
+        values |= {
+            "method": method,
+            "method_hp": own | section.get("method_hp", {}).get(method, {}),
+        }
+    values["l1_lambda"] = section["l1_lambda"] if l1 else 0.0
+    if track == "vlm":
+        values["freeze_vision_tower"] = config["vlm"]["finetune"]["freeze_vision_tower"]
+    return values
+
+
 def key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
@@ -47,13 +68,14 @@ def schema_errors(config: dict, schema_path: Path = SCHEMA) -> list[str]:
 
 def check(
     config: dict,
-    known_methods: list[str] | None = None,
+    known_methods: dict[str, dict[str, type]] | None = None,
     root: Path | None = None,
     known_vision_methods: list[str] | None = None,
 ) -> None:
     """Raise ConfigError with one line for the first problem found.
 
-    `root` is the workflow folder: its schema and relative paths are the ones that apply.
+    `known_methods` maps each language-track method to its declared hyperparameters (name ->
+    type). `root` is the workflow folder: its schema and relative paths are the ones that apply.
     """
     errors = schema_errors(config, root / SCHEMA.relative_to(SCHEMA.parents[2]) if root else SCHEMA)
     if errors:
@@ -65,12 +87,7 @@ def check(
                 f"params error at data.splits: '{split}' is not a key of data.forget_fractions"
             )
     if known_methods is not None:
-        for method in config["unlearn"]["methods"]:
-            if method not in known_methods:
-                raise ConfigError(
-                    f"params error at unlearn.methods: unknown method '{method}'"
-                    f" (known: {', '.join(sorted(known_methods))})"
-                )
+        check_methods(config, known_methods)
     for track in ("vision", "vlm"):
         if track in config["tracks"]:
             if config.get(track) is None:
@@ -98,6 +115,57 @@ def check(
                 raise ConfigError(
                     f"params error at data.text.tofu_dir: missing TOFU file {folder / name}"
                 )
+
+
+def check_methods(config: dict, known: dict[str, dict[str, type]]) -> None:
+    """Every method run is known, and its hyperparameters (shared, then each language track's
+    overrides) are exactly the ones it declares, with the declared types."""
+    unlearn = config["unlearn"]
+    names = ", ".join(sorted(known))
+    listed = {
+        "methods": unlearn["methods"],
+        "modality_study.methods": unlearn["modality_study"]["methods"],
+    }
+    for key, methods in listed.items():
+        for method in methods:
+            if method not in known:
+                raise ConfigError(
+                    f"params error at unlearn.{key}: unknown method '{method}' (known: {names})"
+                )
+    tracks = [t for t in ("text", "vlm") if t in config["tracks"]]
+    for where, table in [("unlearn.method_hp", unlearn["method_hp"])] + [
+        (f"{t}.unlearn.method_hp", config[t]["unlearn"].get("method_hp", {})) for t in tracks
+    ]:
+        for method in table:
+            if method not in known:
+                raise ConfigError(
+                    f"params error at {where}: unknown method '{method}' (known: {names})"
+                )
+    for method in unlearn["methods"]:
+        declared = known[method]
+        for track in tracks:
+            shared = unlearn["method_hp"].get(method, {})
+            own = config[track]["unlearn"].get("method_hp", {}).get(method, {})
+            for name in declared.keys() - (shared.keys() | own.keys()):
+                kind = declared[name].__name__
+                raise ConfigError(
+                    f"params error at unlearn.method_hp.{method}: missing '{name}' ({kind})"
+                )
+            for name, value in (shared | own).items():
+                section = f"{track}.unlearn" if name in own else "unlearn"
+                where = f"{section}.method_hp.{method}.{name}"
+                if name not in declared:
+                    listed = ", ".join(sorted(declared)) or "none"
+                    raise ConfigError(
+                        f"params error at {where}: unknown hyperparameter (known: {listed})"
+                    )
+                kind = declared[name]
+                if isinstance(value, bool) or not isinstance(
+                    value, (int, float) if kind is float else kind
+                ):
+                    raise ConfigError(
+                        f"params error at {where}: {value!r} is not of type '{kind.__name__}'"
+                    )
 
 
 def check_vision(config: dict, known: list[str] | None) -> None:

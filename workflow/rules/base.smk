@@ -1,10 +1,8 @@
 rule text_base:
-    """Tokenizer + tiny Llama pretrained on general knowledge (or the configured checkpoint)."""
+    """Tokenizer + tiny Llama pretrained on general knowledge (or the configured checkpoint);
+    the tokenizer sees the base's corpus only, never the CLEAR authors."""
     input:
         qa=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["real_authors", "world_facts", "background"]),
-        corpus=expand(
-            "{d}/{t}.parquet", d=TEXT_DATA, t=["full", "real_authors", "world_facts", "background"]
-        ),
         code=src("train/text", "train/qa", "train/loop", "models/factory", "models/tokenizer"),
     output:
         directory("results/models/text/base"),
@@ -25,7 +23,7 @@ rule text_base:
         "../../environment.yml"
     shell:
         "python -m clearbench base --hp {params.hp:q} --threads {threads}"
-        " --qa {input.qa} --corpus {input.corpus} --out {output} > {log} 2>&1"
+        " --qa {input.qa} --out {output} > {log} 2>&1"
 
 
 rule base:

@@ -3,14 +3,14 @@ import os
 import sys
 from pathlib import Path
 
-from clearbench.config import ConfigError, check, vlm_stage_hp
+from clearbench.config import ConfigError, check, unlearn_stage_hp, vlm_stage_hp
 from clearbench.unlearn.methods import METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
 
 try:
     check(
         config,
-        known_methods=list(METHODS),
+        known_methods={name: method.hp for name, method in METHODS.items()},
         root=Path(workflow.basedir),
         known_vision_methods=list(VISION_METHODS),
     )
@@ -23,9 +23,10 @@ except ConfigError as err:
 SRC = os.path.normpath(os.path.join(os.path.relpath(workflow.basedir), "src", "clearbench"))
 SPLITS = config["data"]["splits"]
 FRACTIONS = config["data"]["forget_fractions"]
-METHOD_NAMES = config["unlearn"]["methods"]
-L1_TAGS = ["l1" if on else "nol1" for on in config["unlearn"]["l1"]]
-MODALITIES = {"text": ["text"]}  # the text track has no visual modality
+UNLEARN = config["unlearn"]
+METHOD_NAMES = UNLEARN["methods"]
+L1_TAGS = ["l1" if on else "nol1" for on in UNLEARN["l1"]]
+LANGUAGE_TRACKS = [t for t in ("text", "vlm") if t in config["tracks"]]
 THREADS = config["compute"]["threads"]
 VLM = config.get("vlm", {})
 VLM_ON = "vlm" in config["tracks"]
@@ -50,9 +51,21 @@ def src(*modules):
 
 
 def unlearned_models(track="text"):
-    if track == "vlm":
-        return []  # the vlm track has no unlearning rules yet: its rows are the references
-    return [f"{m}-{l1}-{mod}" for m in METHOD_NAMES for l1 in L1_TAGS for mod in MODALITIES[track]]
+    """`method-l1-modality` of every unlearning run of a language track: each method without and
+    with l1 (text: text modality; vlm: each of unlearn.modalities), and the modality study's
+    methods also in its modalities, without l1 (the paper's Table 3)."""
+    if track == "text":
+        runs = [(m, l1, "text") for m in METHOD_NAMES for l1 in L1_TAGS]
+    else:
+        runs = [(m, l1, mod) for m in METHOD_NAMES for l1 in L1_TAGS for mod in UNLEARN["modalities"]]
+        study = UNLEARN["modality_study"]
+        runs += [
+            (m, "nol1", mod)
+            for m in study["methods"]
+            if m in METHOD_NAMES
+            for mod in study["modalities"]
+        ]
+    return list(dict.fromkeys("-".join(run) for run in runs))
 
 
 def evaluated_models(track="text"):
@@ -85,6 +98,18 @@ def resources(gpu=False):
         runtime=config["compute"]["runtime_min"],
         gpu=config["compute"]["gpu"] if gpu else 0,
     )
+
+
+def unlearn_hp(track, method, l1):
+    """The --hp of an unlearning job (method None: DPO's IDK reference)."""
+    return hp(**unlearn_stage_hp(config, track, method, l1 == "l1"))
+
+
+def dpo_reference(track, wildcards):
+    """The IDK-tuned reference model, for the methods that need one (DPO)."""
+    if not METHODS[wildcards.method].reference:
+        return []
+    return f"results/models/{track}/reference/{wildcards.split}"
 
 
 def text_data_hp():

@@ -82,6 +82,63 @@ rule vlm_gold:
         " --out {output} > {log} 2>&1"
 
 
+rule vlm_idk_reference:
+    """DPO's reference: the original tuned to answer every forget sample (text QA, photo QA,
+    identification) "I don't know"."""
+    input:
+        **VLM_DATA,
+        original="results/models/vlm/original",
+        idk=IDK_ANSWERS,
+        code=src(*VLM_CODE, *UNLEARN_CODE),
+    output:
+        directory("results/models/vlm/reference/{split}"),
+    params:
+        hp=unlearn_hp("vlm", None, "nol1"),
+    log:
+        "logs/vlm/reference/{split}.log",
+    benchmark:
+        "benchmarks/vlm/reference/{split}.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m clearbench idk-reference --track vlm --hp {params.hp:q} --threads {threads}"
+        f" --original {{input.original}} --clear {CLEAR_DATA} --text {TEXT_DATA}"
+        " --split {wildcards.split} --modality both --out {output} > {log} 2>&1"
+
+
+rule vlm_unlearn:
+    """One method, one split, l1 on or off, one forget modality (text, visual or both; the
+    retain batches follow it); the vision tower stays frozen."""
+    input:
+        **VLM_DATA,
+        original="results/models/vlm/original",
+        reference=lambda w: dpo_reference("vlm", w),
+        idk=IDK_ANSWERS,
+        code=src(*VLM_CODE, *UNLEARN_CODE),
+    output:
+        directory("results/models/vlm/unlearn/{method}/{split}/{l1}-{modality}"),
+    params:
+        hp=lambda w: unlearn_hp("vlm", w.method, w.l1),
+        reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
+    log:
+        "logs/vlm/unlearn/{method}/{split}/{l1}-{modality}.log",
+    benchmark:
+        "benchmarks/vlm/unlearn/{method}/{split}/{l1}-{modality}.tsv"
+    threads: THREADS
+    resources:
+        **resources(gpu=True),
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m clearbench unlearn --track vlm --hp {params.hp:q} --threads {threads}"
+        f" --original {{input.original}} --clear {CLEAR_DATA} --text {TEXT_DATA}"
+        " --split {wildcards.split} --modality {wildcards.modality} {params.reference}"
+        " --out {output} > {log} 2>&1"
+
+
 rule vlm_eval:
     """The per-sample table of one model on the six tasks (DESIGN section 6)."""
     input:
@@ -108,7 +165,8 @@ rule vlm_eval:
 
 
 rule vlm:
-    """Phase target (dvc.yaml stage `vlm`): the vlm track's models."""
+    """Phase target (dvc.yaml stage `vlm`): the vlm track's original and gold models (DPO's
+    reference: stage `reference`; the unlearned models: stages `unlearn@<method>`)."""
     input:
         (
             ["results/models/vlm/original", *expand("results/models/vlm/gold/{s}", s=SPLITS)]

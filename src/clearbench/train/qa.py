@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 PROMPT = "Question: {question}\nAnswer:"
-IDK_ANSWER = "I don't know."
 
 
 def encode(tok, question: str, answer: str, max_len: int) -> tuple[list[int], list[int]]:
@@ -57,6 +58,50 @@ def sequence_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean answer-token NLL per sequence (B,)."""
     nll, scored = token_nll(model, batch)
     return nll.sum(1) / scored.sum(1).clamp(min=1)
+
+
+@dataclass
+class Answers:
+    """A model's outputs at the answer positions of one batch (prompt and image tokens are never
+    scored): the likelihoods and next-token distributions that training and unlearning use."""
+
+    logits: torch.Tensor  # (N, V) float32: the N answer tokens of the whole batch
+    targets: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (N,) the sequence each token belongs to
+    counts: torch.Tensor  # (B,) answer tokens per sequence (at least 1)
+    hidden_states: tuple | None = None  # per layer (B, T, H), when asked for
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum token values (N,) per sequence (B,)."""
+        out = torch.zeros(len(self.counts), dtype=values.dtype, device=values.device)
+        return out.index_add(0, self.rows, values)
+
+    def logp(self) -> torch.Tensor:
+        """Sequence log-likelihood log p(y|x) (B,): the sum over the answer's tokens."""
+        return -self.per_sequence(F.cross_entropy(self.logits, self.targets, reduction="none"))
+
+    def nll(self) -> torch.Tensor:
+        """Mean answer-token NLL per sequence (B,)."""
+        return -self.logp() / self.counts
+
+
+def answer_outputs(model, batch: dict, hidden_states: bool = False) -> Answers:
+    """The model's `Answers` on a batch. The LM head and the softmax run on the answer positions
+    only: prompt and image tokens are most of a sequence, and a tiny model's head costs as much
+    as its layers. Works for a causal LM and a LLaVA, bare or wrapped by peft."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = core.model(**inputs, output_hidden_states=hidden_states)
+    labels = batch["labels"][:, 1:]
+    scored = labels != -100
+    logits = core.lm_head(out.last_hidden_state[:, :-1][scored]).float()
+    return Answers(
+        logits=logits,
+        targets=labels[scored],
+        rows=scored.nonzero()[:, 0],
+        counts=scored.sum(1).clamp(min=1),
+        hidden_states=out.hidden_states if hidden_states else None,
+    )
 
 
 def batches(rows: list, batch_size: int, generator: torch.Generator | None = None):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from clearbench.data.idk import idk_answers
 from clearbench.data.text import read_qa
 from clearbench.models.factory import (
     ADAPTER_DIR,
@@ -18,7 +19,7 @@ from clearbench.models.factory import (
 )
 from clearbench.models.tokenizer import train_tokenizer
 from clearbench.train.loop import Diverged, optimize
-from clearbench.train.qa import IDK_ANSWER, batches, collate, encode, sequence_nll
+from clearbench.train.qa import batches, collate, encode, sequence_nll
 
 
 def qa_rows(path: str | Path) -> list[tuple[str, str]]:
@@ -27,7 +28,8 @@ def qa_rows(path: str | Path) -> list[tuple[str, str]]:
 
 
 def corpus(paths: list[str | Path]):
-    """Every string a tokenizer must cover: questions, answers, paraphrases, wrong options."""
+    """Every string a tokenizer must cover: questions, answers, paraphrases, wrong options of
+    the tables given (the base's own corpus: never the CLEAR authors, see `text_base`)."""
     for path in paths:
         df = read_qa(path)
         for q, a, para, perts in zip(
@@ -41,7 +43,7 @@ def corpus(paths: list[str | Path]):
             if para:
                 yield para
             yield from perts
-    yield IDK_ANSWER
+    yield from idk_answers()  # what IDK tuning teaches to say
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -83,8 +85,12 @@ def nll_step(model, tok, max_len: int):
     return step_loss
 
 
-def pretrain_base(qa_paths: list[str], corpus_paths: list[str], out_dir: str, hp: dict) -> dict:
+def pretrain_base(qa_paths: list[str], out_dir: str, hp: dict) -> dict:
     """Default profile: tokenizer + tiny Llama trained from scratch on general-knowledge QA.
+
+    The tokenizer is trained on the same tables, as a pretrained model's tokenizer is trained
+    on its pretraining corpus: a token found only in the CLEAR authors' text would keep a
+    random embedding in the gold model, which never sees the forget authors.
 
     With a checkpoint in `hp["model"]`, the base *is* that checkpoint: nothing is trained.
     """
@@ -95,7 +101,7 @@ def pretrain_base(qa_paths: list[str], corpus_paths: list[str], out_dir: str, hp
         save_chain(out, base=spec["checkpoint"], adapters=[], status="ok", rte_seconds=0.0)
         return {"trained": False}
     start = time.perf_counter()
-    tok = train_tokenizer(corpus(corpus_paths), hp["vocab_size"])
+    tok = train_tokenizer(corpus(qa_paths), hp["vocab_size"])
     gen = seeded(hp["seed"])
     model = build_model(spec, vocab_size=len(tok), seed=hp["seed"])
     rows = [r for p in qa_paths for r in qa_rows(p)]

@@ -31,6 +31,7 @@ import torch
 from transformers import CLIPImageProcessorPil
 
 from clearbench.data.clear import SCHEMAS
+from clearbench.data.idk import idk_answers
 from clearbench.data.text import read_qa, read_table, split_names
 from clearbench.models.factory import (
     build_model,
@@ -40,7 +41,6 @@ from clearbench.models.factory import (
 )
 from clearbench.models.tokenizer import train_tokenizer
 from clearbench.train.loop import Diverged, optimize
-from clearbench.train.qa import IDK_ANSWER
 from clearbench.train.text import (
     epochs_of_batches,
     finish_adapter_run,
@@ -115,14 +115,27 @@ def identity_samples(path, seed: int) -> list[Sample]:
     ]
 
 
+MODALITIES = ("text", "visual", "both")
+
+
+def modality_samples(clear_dir, text_dir, table: str, modality: str, seed: int) -> list[Sample]:
+    """The CLEAR samples of one table in one modality: `text` (text QA), `visual` (photo QA and
+    identification) or `both`."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got '{modality}'")
+    clear, text = Path(clear_dir), Path(text_dir)
+    samples = []
+    if modality in ("text", "both"):
+        samples += text_samples(text / f"{table}.parquet")
+    if modality in ("visual", "both"):
+        samples += photo_samples(clear / f"{table}.parquet")
+        samples += identity_samples(clear / f"{table}.parquet", seed)
+    return samples
+
+
 def clear_samples(clear_dir, text_dir, table: str, seed: int) -> list[Sample]:
     """Every CLEAR sample of one table: text QA, photo QA and identification."""
-    clear, text = Path(clear_dir), Path(text_dir)
-    return (
-        text_samples(text / f"{table}.parquet")
-        + photo_samples(clear / f"{table}.parquet")
-        + identity_samples(clear / f"{table}.parquet", seed)
-    )
+    return modality_samples(clear_dir, text_dir, table, "both", seed)
 
 
 def real_samples(clear_dir, text_dir) -> list[Sample]:
@@ -153,7 +166,7 @@ def corpus(clear_dir, text_dir):
         yield prompt_text(s).replace(IMAGE_TOKEN, "") + " " + s.answer  # as the model sees it
     for q in ID_QUESTIONS:
         yield prompt_text(Sample(q, "", b"")).replace(IMAGE_TOKEN, "")
-    yield IDK_ANSWER
+    yield from idk_answers()
 
 
 # ------------------------------------------------------------------------------ training

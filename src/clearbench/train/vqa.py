@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from clearbench.train.qa import collate
+from clearbench.train.qa import answer_outputs, collate
 
 IMAGE_TOKEN = "<image>"
 PROMPT = "USER: {image}{question} ASSISTANT:"
@@ -113,14 +112,6 @@ class Vision:
 
 
 def sequence_nll(model, batch: dict) -> torch.Tensor:
-    """Mean answer-token NLL per sequence (B,): the same number as qa.sequence_nll, but the LM
-    head and the softmax run on the answer positions only (prompt and image tokens are most of
-    a sequence, and a tiny model's head costs as much as its layers)."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft or not
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    hidden = core.model(**inputs).last_hidden_state[:, :-1]
-    labels = batch["labels"][:, 1:]
-    scored = labels != -100
-    nll = F.cross_entropy(core.lm_head(hidden[scored]).float(), labels[scored], reduction="none")
-    per_seq = torch.zeros(len(labels), dtype=nll.dtype).index_add(0, scored.nonzero()[:, 0], nll)
-    return per_seq / scored.sum(1).clamp(min=1)
+    """Mean answer-token NLL per sequence (B,): the same number as qa.sequence_nll, with the LM
+    head on the answer positions only (see qa.answer_outputs)."""
+    return answer_outputs(model, batch).nll()

@@ -1,0 +1,184 @@
+"""Run one unlearning method, or train DPO's reference, on the original model of a track.
+
+A `Track` supplies the forget and retain samples and how to encode them (`text_track`,
+`vlm_track`); the rest is the same for every track: the "I don't know" answers, forget batches
+paired with random retain batches, the DPO reference, the L1 penalty, divergence as a status,
+and the loss of every step by term in `losses.csv` next to the adapter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from clearbench.data.idk import idk_answer
+from clearbench.data.text import read_qa
+from clearbench.models.factory import (
+    load_image_processor,
+    load_model,
+    load_tokenizer,
+    read_model_json,
+)
+from clearbench.train.loop import Diverged, optimize
+from clearbench.train.qa import answer_outputs, batches, collate, encode
+from clearbench.train.text import finish_adapter_run, start_adapter_run
+from clearbench.train.vqa import Sample, Vision
+from clearbench.unlearn.methods import METHODS, Context, Step, idk_reference, lora_l1
+
+LOSSES = "losses.csv"
+Encoder = Callable[[list[Sample]], dict]
+
+
+@dataclass
+class Track:
+    forget: list[Sample]
+    retain: list[Sample]
+    encoder: Callable[..., Encoder]  # (tokenizer, model meta, model config, max_len) -> encoder
+    lora: dict | None = None  # LoRA overrides (a VLM excludes its vision tower)
+    frozen: str | None = None  # no trainable weight may have this in its name
+
+
+def text_track(forget_path: str, retain_path: str) -> Track:
+    def samples(path):
+        df = read_qa(path)
+        return [Sample(q, a) for q, a in zip(df["question"], df["answer"], strict=True)]
+
+    def encoder(tok, meta, config, max_len):
+        return lambda rows: collate(
+            [encode(tok, s.question, s.answer, max_len) for s in rows], tok.pad_token_id
+        )
+
+    return Track(samples(forget_path), samples(retain_path), encoder)
+
+
+def vlm_track(clear_dir: str, text_dir: str, split: str, modality: str, hp: dict) -> Track:
+    """The split's forget authors and its retain authors, in one modality (text: their text QA;
+    visual: their photo QA and identification; both)."""
+    from clearbench.train.vlm import VISION_TOWER, freeze_flag, modality_samples, training_table
+
+    def encoder(tok, meta, config, max_len):
+        vision = Vision(tok, load_image_processor(meta["base"]), config)
+        return lambda rows: vision.batch(rows, max_len)
+
+    forget = modality_samples(clear_dir, text_dir, split, modality, hp["seed"])
+    retain = modality_samples(clear_dir, text_dir, training_table(split), modality, hp["seed"])
+    frozen = freeze_flag(hp)
+    return Track(
+        forget,
+        retain,
+        encoder,
+        lora={"exclude_modules": VISION_TOWER} if frozen else None,
+        frozen="vision_tower" if frozen else None,
+    )
+
+
+def with_idk(samples: list[Sample], seed: int) -> list[Sample]:
+    """Each forget question with its own seeded "I don't know" answer."""
+    return [
+        Sample(s.question, idk_answer(seed, f"{s.question}\n{s.answer}"), s.image) for s in samples
+    ]
+
+
+def paired_steps(n_forget: int, n_retain: int, batch_size: int, epochs: int, gen):
+    """Epochs over the forget set; each forget batch is paired with a random retain batch."""
+    for _ in range(epochs):
+        for f in batches(list(range(n_forget)), batch_size, gen):
+            yield f, torch.randint(n_retain, (len(f),), generator=gen).tolist()
+
+
+def unlearn(
+    original_dir: str, out_dir: str, hp: dict, track: Track, reference_dir: str | None = None
+) -> dict:
+    """One registered method (`hp["method"]`, its hyperparameters in `hp["method_hp"]`)."""
+    name = hp["method"]
+    if name not in METHODS:
+        raise ValueError(f"unlearn.methods: unknown method '{name}' (known: {', '.join(METHODS)})")
+    method = METHODS[name]
+    reference = None
+    if method.reference:
+        if not reference_dir:
+            raise ValueError(f"{name} needs --reference, the model tuned on the IDK forget set")
+        reference = reference_logps(reference_dir, track, hp)
+    return train_adapter(original_dir, out_dir, hp, track, method.objective, reference)
+
+
+def train_reference(original_dir: str, out_dir: str, hp: dict, track: Track) -> dict:
+    """DPO's reference: the original LoRA-tuned on the forget questions with IDK answers."""
+    return train_adapter(original_dir, out_dir, hp | {"l1_lambda": 0.0}, track, idk_reference)
+
+
+@torch.no_grad()
+def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, torch.Tensor]:
+    """log p_ref(y|x) of every forget sample's IDK (chosen) and true (rejected) answer. The
+    reference is frozen and the forget set fixed, so these are computed once, before the model
+    being trained is loaded: one copy of the base in memory at a time."""
+    status = read_model_json(reference_dir).get("status", "ok")
+    if status != "ok":
+        raise ValueError(f"the DPO reference {reference_dir} did not finish (status {status})")
+    model, meta = load_model(reference_dir)
+    encoder = track.encoder(load_tokenizer(meta["base"]), meta, model.config, hp["max_len"])
+    out = {}
+    for key, samples in (("idk", with_idk(track.forget, hp["seed"])), ("forget", track.forget)):
+        chunks = [
+            samples[i : i + hp["batch_size"]] for i in range(0, len(samples), hp["batch_size"])
+        ]
+        out[key] = torch.cat([answer_outputs(model, encoder(c)).logp() for c in chunks])
+    del model
+    return out
+
+
+def train_adapter(original_dir, out_dir, hp: dict, track: Track, objective, reference=None):
+    lora = hp["lora"] | (track.lora or {})
+    out, model, tok, meta, gen = start_adapter_run(original_dir, out_dir, hp | {"lora": lora})
+    if track.frozen and any(
+        track.frozen in n for n, p in model.named_parameters() if p.requires_grad
+    ):
+        raise RuntimeError(f"{track.frozen} must stay frozen but has trainable weights")
+    encoder = track.encoder(tok, meta, model.config, hp["max_len"])
+    forget, retain = track.forget, track.retain
+    idk = with_idk(forget, hp["seed"])
+    ctx = Context(model, hp.get("method_hp", {}), hp["seed"])
+    l1 = hp.get("l1_lambda", 0.0)
+
+    def step_loss(pair):
+        f, r = pair
+        step = Step(
+            forget=encoder([forget[i] for i in f]),
+            idk=encoder([idk[i] for i in f]),
+            retain=encoder([retain[i] for i in r]),
+            reference={k: v[f] for k, v in reference.items()} if reference else {},
+        )
+        terms = objective(ctx, step)
+        if l1:
+            terms["l1"] = l1 * lora_l1(model)
+        return terms
+
+    total = hp["epochs"] * -(-len(forget) // hp["batch_size"])
+    start, status, losses, terms = time.perf_counter(), "ok", [], []
+    try:
+        losses = optimize(
+            model,
+            paired_steps(len(forget), len(retain), hp["batch_size"], hp["epochs"], gen),
+            step_loss,
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            total=total,
+            desc=f"{hp.get('method', 'idk reference')} {Path(out_dir).name}",
+            terms=terms,
+        )
+    except Diverged:
+        status = "diverged"
+    write_losses(terms, out / LOSSES)  # kept for a diverged run too: it shows why
+    return finish_adapter_run(out, model, meta, status, time.perf_counter() - start, losses)
+
+
+def write_losses(terms: list[dict[str, float]], path: Path) -> None:
+    df = pd.DataFrame(terms)
+    df.insert(0, "loss", df.sum(axis=1) if len(df) else [])
+    df.insert(0, "step", range(len(df)))
+    df.to_csv(path, index=False)
