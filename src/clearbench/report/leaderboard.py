@@ -13,31 +13,43 @@ COLUMNS = [
     "track", "split", "method", "l1", "modality",
     "real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
     "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia",
-    "rte_seconds", "status", "rank",
+    "rte_seconds", "status", "rank", "rank_paper",
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
 VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
-# per track: the retain column of the failed-retain rule, what ranks (lower is better; ties
-# go to the higher retain), the columns shown and plotted
+LANGUAGE_SHOWN = [
+    "method", "l1", "modality", "real", "retain", "forget",
+    "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank", "rank_paper",
+]  # fmt: skip
+# per track: the columns of the collapse rules, the sort keys of `rank` and of the paper's
+# `rank_paper` (ascending; later keys break ties), the columns shown and plotted
 VIEWS = {
     "vision": dict(
         retain="retain_acc",
-        rank_by=lambda rows: (rows["u_lira"].astype(float) - 0.5).abs(),  # 0.5 = unexposed
+        real=None,
+        rank=lambda rows, gold: [(rows["u_lira"] - 0.5).abs(), -rows["retain_acc"]],
+        rank_paper=lambda rows, gold: [(rows["u_lira"] - 0.5).abs(), -rows["retain_acc"]],
         shown=["method", "modality", *VISION_KEYS, "rte_seconds", "status", "rank"],
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
     ),
     "text": dict(
         retain="retain",
-        rank_by=lambda rows: rows["forget"],
-        shown=[
-            "method", "l1", "modality", "real", "retain", "forget",
-            "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank",
+        real="real",
+        # closeness to the gold model: forget quality first, then the gap to gold's forget metric
+        rank=lambda rows, gold: [
+            -rows["log10_forget_quality"],
+            (rows["forget"] - gold["forget"]).abs(),
         ],
+        # the paper's reading: the lowest forget metric wins (it rewards over-forgetting)
+        rank_paper=lambda rows, gold: [rows["forget"], -rows["retain"]],
+        shown=LANGUAGE_SHOWN,
         bars=["real", "retain", "forget"],
         ylabel="metric (higher real/retain, lower forget is better)",
     ),
-}  # fmt: skip
+}
+TABLE_COLUMNS = ["split", "method", "l1", "modality", "real", "retain", "forget",
+                 "log10_forget_quality", "forget_quality_js", "rte_seconds", "status"]  # fmt: skip
 
 
 def parse_model(name: str) -> tuple[str, object, str]:
@@ -76,34 +88,60 @@ def view(track: str) -> dict:
     return VIEWS["vision" if track == "vision" else "text"]
 
 
-def apply_rules(
-    board: pd.DataFrame, retain_drop: float, vision_retain_drop: float | None = None
-) -> pd.DataFrame:
-    """failed-retain: retain below `retain_drop` x the original's (vision: retain accuracy
-    below `vision_retain_drop` x the original's). Rank the rest by forget (vision: by U-LIRA,
-    the closer to 0.5 the better)."""
+def collapsed(rows: pd.DataFrame, column: str, original: pd.DataFrame, drop: float) -> pd.Index:
+    """Rows whose `column` is missing or below `drop` x the original model's."""
+    base = original[column].iloc[0] if len(original) else None
+    if base is None or pd.isna(base):
+        return rows.index[rows[column].isna()]
+    return rows.index[rows[column].isna() | (rows[column].astype(float) < drop * float(base))]
+
+
+def ranks(keys: list[pd.Series]) -> pd.Series:
+    """1, 2, ... by the sort keys (ascending); rows whose first key is missing get no rank."""
+    table = pd.concat(keys, axis=1, keys=range(len(keys))).astype(float)
+    table = table[table[0].notna()]
+    order = table.sort_values(list(table.columns), kind="stable").index
+    return pd.Series(np.arange(1, len(order) + 1), index=order)
+
+
+def apply_rules(board: pd.DataFrame, hp: dict) -> pd.DataFrame:
+    """Per track and split (DESIGN section 6):
+    - `status_paper` (the tables' gray-out, the paper's rule): failed-retain where the retain
+      metric is below `retain_drop` x the original's (vision: retain accuracy below
+      `vision_retain_drop` x the original's);
+    - `status` (the leaderboard's): also failed-real where the Real metric is below `real_drop` x
+      the original's, so breaking the model cannot win;
+    - `rank` among `ok` methods by closeness to the gold model (log10 forget quality, then
+      |forget - gold forget|; vision: |U-LIRA - 0.5|), `rank_paper` among the paper's `ok`
+      methods by the lowest forget metric."""
     board = board.copy()
-    board["rank"] = pd.array([pd.NA] * len(board), dtype="Int64")
+    for col in ("rank", "rank_paper"):
+        board[col] = pd.array([pd.NA] * len(board), dtype="Int64")
+    board["status_paper"] = board["status"]
     for (track, _), group in board.groupby(["track", "split"], sort=False):
-        retain = view(track)["retain"]
-        drop = retain_drop
-        if track == "vision" and vision_retain_drop is not None:
-            drop = vision_retain_drop
-        original = group[group["method"] == "original"][retain]
-        floor = (
-            drop * float(original.iloc[0]) if len(original) and pd.notna(original.iloc[0]) else None
+        v = view(track)
+        drop = (
+            hp.get("vision_retain_drop", hp["retain_drop"])
+            if track == "vision"
+            else hp["retain_drop"]
         )
-        methods = group[~group["method"].isin(REFERENCES)]
-        failed = methods.index[
-            (methods["status"] == "ok")
-            & (methods[retain].isna() | (methods[retain] < floor if floor is not None else False))
-        ]
-        board.loc[failed, "status"] = "failed-retain"
-        ok = board.loc[methods.index]
-        ok = ok[ok["status"] == "ok"].assign(rank_key=view(track)["rank_by"])
-        ok = ok[ok["rank_key"].notna()]
-        order = ok.sort_values(["rank_key", retain], ascending=[True, False]).index
-        board.loc[order, "rank"] = np.arange(1, len(order) + 1)
+        original = group[group["method"] == "original"]
+        gold = group[group["method"] == "gold"]
+        gold = gold.iloc[0] if len(gold) else pd.Series(dtype=float, index=group.columns)
+        methods = group[~group["method"].isin(REFERENCES) & (group["status"] == "ok")]
+        failed_retain = collapsed(methods, v["retain"], original, drop)
+        board.loc[failed_retain, ["status", "status_paper"]] = "failed-retain"
+        if v["real"]:
+            rest = methods.drop(failed_retain)
+            board.loc[collapsed(rest, v["real"], original, hp.get("real_drop", 0.0)), "status"] = (
+                "failed-real"
+            )
+        for col, status in (("rank", "status"), ("rank_paper", "status_paper")):
+            rows = board.loc[methods.index]
+            rows = rows[rows[status] == "ok"]
+            if len(rows):
+                order = ranks([k.astype(float) for k in v[col](rows, gold)])
+                board.loc[order.index, col] = order.to_numpy()
     return board
 
 
@@ -145,6 +183,71 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def paper_tables(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's Tables 1, 3 and 4, each with the Original and Gold rows, `status` being the
+    paper's gray-out (retain collapse only):
+    table1_text      text track, every method without and with l1, per split
+    table3_modality  vlm, without l1: methods run in more than one forget modality x modality
+    table4_l1        vlm, modality `both`: every method without and with l1"""
+    rows = board.assign(status=board["status_paper"])
+    text, vlm = rows[rows["track"] == "text"], rows[rows["track"] == "vlm"]
+    refs = vlm[vlm["method"].isin(REFERENCES)]
+    runs = vlm.drop(refs.index)
+    no_l1 = runs[runs["l1"] == False]  # noqa: E712 (object column of True/False/None)
+    several = no_l1.groupby(["split", "method"])["modality"].transform("nunique") > 1
+    tables = {
+        "table1_text": text,
+        "table3_modality": pd.concat([refs, no_l1[several]]),
+        "table4_l1": pd.concat([refs, runs[runs["modality"] == "both"]]),
+    }
+    return {
+        name: t.sort_values("split", kind="stable")[TABLE_COLUMNS]
+        for name, t in tables.items()
+        if len(t)
+    }
+
+
+def plot_losses(models: list[str], track: str, split: str, path: Path) -> bool:
+    """Loss per step of every unlearning run of a track and split, by term (the losses.csv
+    each run keeps next to its adapter): why a method collapsed, at a glance."""
+    runs = [  # results/models/<track>/unlearn/<method>/<split>/<l1>-<modality>
+        (Path(m).parts[-3], Path(m).parts[-1], Path(m) / "losses.csv")
+        for m in models
+        if Path(m).parts[-5:-3] == (track, "unlearn") and Path(m).parts[-2] == split
+    ]
+    runs = [(f"{method} {tag}", pd.read_csv(f)) for method, tag, f in runs if f.exists()]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(6, len(runs))
+    n_rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(2.6 * cols, 2.1 * n_rows), squeeze=False)
+    for ax, (name, df) in zip(axes.flat, runs, strict=False):
+        for term in df.columns.drop(["step", "loss"]):
+            ax.plot(df["step"], df[term], lw=1, label=term)
+        if len(df.columns) > 3:
+            ax.plot(df["step"], df["loss"], "k--", lw=0.8, label="total")
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5, loc="best")
+    for ax in axes.flat[len(runs) :]:
+        ax.axis("off")
+    fig.suptitle(f"{track} / {split}: unlearning loss per step, by term", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_table(df: pd.DataFrame, folder: str, name: str) -> None:
+    df.to_csv(Path(folder) / f"{name}.csv", index=False)
+    (Path(folder) / f"{name}.md").write_text(markdown_table(df))
+
+
 def build_leaderboard(
     metrics: list[str],
     models: list[str],
@@ -163,15 +266,20 @@ def build_leaderboard(
     rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
     rows += [vision_row(s, vision_split) for s in vision]
     board = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    board = apply_rules(board, hp["retain_drop"], hp.get("vision_retain_drop"))
+    numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
+               *VISION_KEYS, "rte_seconds"]  # fmt: skip
+    board[numeric] = board[numeric].astype(float)
+    board = apply_rules(board, hp)
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
     for (track, split), group in board.groupby(["track", "split"], sort=False):
-        shown = group[view(track)["shown"]]
-        shown.to_csv(Path(tables) / f"{track}_{split}.csv", index=False)
-        (Path(tables) / f"{track}_{split}.md").write_text(markdown_table(shown))
+        write_table(group[view(track)["shown"]], tables, f"{track}_{split}")
         plot_split(group, Path(plots) / f"{track}_{split}.png")
+        if track != "vision":
+            plot_losses(models, track, split, Path(plots) / f"losses_{track}_{split}.png")
+    for name, table in paper_tables(board).items():
+        write_table(table, tables, name)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
-    board.to_csv(tmp, index=False)
+    board[COLUMNS].to_csv(tmp, index=False)
     os.replace(tmp, out)
     return {"rows": len(board)}
