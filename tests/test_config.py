@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from clearbench.config import ConfigError, check
-from clearbench.unlearn.methods import METHODS
+from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+METHODS = {name: method.hp for name, method in LANGUAGE_METHODS.items()}
 
 
 def with_change(path: str, value):
@@ -29,13 +30,13 @@ def with_change(path: str, value):
 
 
 def test_shipped_profiles_are_valid():
-    check(PARAMS, list(METHODS), ROOT, list(VISION_METHODS))
+    check(PARAMS, METHODS, ROOT, list(VISION_METHODS))
     for overlay in (ROOT / "config").glob("*.yaml"):
         merged = copy.deepcopy(PARAMS)
         _merge(merged, yaml.safe_load(overlay.read_text()))
         if overlay.stem == "tofu" and not (ROOT / merged["data"]["text"]["tofu_dir"]).is_dir():
             continue  # the TOFU files are not on this machine
-        check(merged, list(METHODS), ROOT, list(VISION_METHODS))
+        check(merged, METHODS, ROOT, list(VISION_METHODS))
 
 
 def _merge(base, overlay):
@@ -63,25 +64,55 @@ def _merge(base, overlay):
         ("data.clear.build", False, "the vision track needs the CLEAR photos"),
         ("vlm.finetune.freeze_vision_tower", "yes", "vlm.finetune.freeze_vision_tower"),
         ("vlm.model", {"config": {"text_config": {}}}, "vlm.model.config"),
+        (
+            "unlearn.method_hp.dpo.beta",
+            "abc",
+            "unlearn.method_hp.dpo.beta: 'abc' is not of type 'float'",
+        ),
+        (
+            "unlearn.method_hp.rmu.layer",
+            1.5,
+            "unlearn.method_hp.rmu.layer: 1.5 is not of type 'int'",
+        ),
+        ("unlearn.method_hp.npo", {}, "unlearn.method_hp.npo: missing 'beta' (float)"),
+        (
+            "unlearn.method_hp.scrub",
+            {"alpha": 1.0, "gamma": 1.0, "temp": 2.0},
+            "unlearn.method_hp.scrub.temp: unknown hyperparameter (known: alpha, gamma)",
+        ),
+        ("unlearn.method_hp.scrubb", {}, "unlearn.method_hp: unknown method 'scrubb'"),
+        (
+            "vlm.unlearn.method_hp",
+            {"rmu": {"layer": "two"}},
+            "vlm.unlearn.method_hp.rmu.layer: 'two' is not of type 'int'",
+        ),
+        (
+            "unlearn.modality_study.methods",
+            ["llmu", "nope"],
+            "unlearn.modality_study.methods: unknown method 'nope'",
+        ),
+        ("unlearn.modalities", ["audio"], "unlearn.modalities.0"),
+        ("text.unlearn.reference", {"epochs": 0, "lr": 1e-3}, "text.unlearn.reference.epochs"),
+        ("report.real_drop", 2, "report.real_drop"),
     ],
 )
 def test_bad_value_names_the_key(path, value, needle):
     with pytest.raises(ConfigError) as err:
-        check(with_change(path, value), list(METHODS), ROOT, list(VISION_METHODS))
+        check(with_change(path, value), METHODS, ROOT, list(VISION_METHODS))
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unknown_key_is_rejected():
     config = with_change("eval.max_sample", 3)  # typo of max_samples
     with pytest.raises(ConfigError, match="max_sample"):
-        check(config, list(METHODS), ROOT)
+        check(config, METHODS, ROOT)
 
 
 def test_missing_tofu_folder_names_the_path(tmp_path):
     config = with_change("data.text", {**PARAMS["data"]["text"], "source": "tofu",
                                        "tofu_dir": str(tmp_path / "nope")})  # fmt: skip
     with pytest.raises(ConfigError, match=f"TOFU folder not found: {tmp_path / 'nope'}"):
-        check(config, list(METHODS), ROOT)
+        check(config, METHODS, ROOT)
 
 
 def test_snakemake_stops_before_any_job(tmp_path):
@@ -94,7 +125,9 @@ def test_snakemake_stops_before_any_job(tmp_path):
     )  # fmt: skip
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [
-        "error: params error at unlearn.methods: unknown method 'bogus' (known: ga, gd, retain_ft)"
+        "error: params error at unlearn.methods: unknown method 'bogus' (known: "
+        + ", ".join(sorted(METHODS))
+        + ")"
     ]
     assert "Traceback" not in run.stdout + run.stderr
     assert "Job stats" not in run.stdout

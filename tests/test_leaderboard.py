@@ -3,46 +3,89 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
 from clearbench.report.leaderboard import COLUMNS, build_leaderboard
 
 
-def write(tmp, name, real, retain, forget, status="ok", fq=-1.0):
-    m = tmp / "results/metrics/text/forget10" / f"{name}.json"
+def write(tmp, name, real, retain, forget, status="ok", fq=-1.0, track="text"):
+    m = tmp / f"results/metrics/{track}/forget10" / f"{name}.json"
     m.parent.mkdir(parents=True, exist_ok=True)
     m.write_text(json.dumps({"real": real, "retain": retain, "forget": forget,
                              "log10_forget_quality": fq, "forget_quality_js": 0.5}))  # fmt: skip
-    d = tmp / "models" / name
+    d = tmp / "models" / track / name
     d.mkdir(parents=True)
     (d / "model.json").write_text(json.dumps({"status": status, "rte_seconds": 2.0}))
     return str(m), str(d)
 
 
-def test_rules_and_rank(tmp_path):
+def test_rules_and_both_rankings(tmp_path):
     entries = [
         write(tmp_path, "original", 0.8, 0.9, 0.9, fq=-5),
         write(tmp_path, "gold", 0.8, 0.9, 0.2, fq=0.0),
         write(tmp_path, "ga-nol1-text", 0.1, 0.1, 0.0),  # forgets everything: retain collapsed
-        write(tmp_path, "gd-nol1-text", 0.7, 0.8, 0.4),
-        write(tmp_path, "gd-l1-text", 0.7, 0.7, 0.3),
+        write(tmp_path, "kl-nol1-text", 0.2, 0.8, 0.05, fq=-0.5),  # Real collapsed only
+        write(tmp_path, "gd-nol1-text", 0.7, 0.8, 0.4, fq=-2.0),
+        write(tmp_path, "gd-l1-text", 0.7, 0.7, 0.3, fq=-2.0),  # |0.3 - 0.2| < |0.4 - 0.2|
+        write(tmp_path, "npo-nol1-text", 0.7, 0.8, 0.6, fq=-1.0),  # closest to gold in quality
         write(tmp_path, "retain_ft-l1-text", None, None, None, status="diverged"),
     ]
     out = tmp_path / "leaderboard.csv"
     build_leaderboard([m for m, _ in entries], [d for _, d in entries], str(out),
-                      str(tmp_path / "tables"), str(tmp_path / "plots"), {"retain_drop": 0.5})  # fmt: skip
+                      str(tmp_path / "tables"), str(tmp_path / "plots"),
+                      {"retain_drop": 0.5, "real_drop": 0.5})  # fmt: skip
     board = pd.read_csv(out)
     assert list(board.columns) == COLUMNS
     by = board.set_index(board.method + "/" + board.l1.astype(str))
     assert by.loc["ga/False", "status"] == "failed-retain" and pd.isna(by.loc["ga/False", "rank"])
+    assert by.loc["kl/False", "status"] == "failed-real" and pd.isna(by.loc["kl/False", "rank"])
     assert by.loc["retain_ft/True", "status"] == "diverged"
-    assert by.loc["gd/True", "rank"] == 1 and by.loc["gd/False", "rank"] == 2, (
-        "lower forget ranks first"
-    )
-    assert board[board.method.isin(["original", "gold"])]["rank"].isna().all()
+    # rank: forget quality, then closeness to gold's forget metric
+    assert [by.loc[k, "rank"] for k in ("npo/False", "gd/True", "gd/False")] == [1, 2, 3]
+    # rank_paper: the lowest forget wins among what keeps retain (kl's broken Real included)
+    assert [by.loc[k, "rank_paper"] for k in ("kl/False", "gd/True", "gd/False", "npo/False")] == [
+        1, 2, 3, 4,
+    ]  # fmt: skip
+    assert board[board.method.isin(["original", "gold"])][["rank", "rank_paper"]].isna().all().all()
     assert (tmp_path / "plots/text_forget10.png").stat().st_size > 1000
     assert "| gd |" in (tmp_path / "tables/text_forget10.md").read_text()
+    table1 = pd.read_csv(tmp_path / "tables/table1_text.csv")
+    assert list(table1.method[:2]) == ["original", "gold"]
+    # the tables keep the paper's gray-out: kl's Real collapse is not one
+    assert table1.set_index("method").loc["kl", "status"] == "ok"
+
+
+def test_paper_tables_3_and_4_and_the_loss_curves(tmp_path):
+    entries = [write(tmp_path, name, 0.5, 0.5, 0.3, track="vlm") for name in (
+        "original", "gold", "llmu-nol1-both", "llmu-l1-both", "llmu-nol1-text",
+        "llmu-nol1-visual", "ga-nol1-both", "ga-l1-both",
+    )]  # fmt: skip
+    models = []
+    for (m, d), name in zip(entries, ["original", "gold", "llmu", "llmu", "llmu", "llmu", "ga", "ga"],
+                            strict=True):  # fmt: skip
+        tag = Path(m).stem.split("-", 1)[-1]
+        run = tmp_path / "results/models/vlm/unlearn" / name / "forget10" / tag
+        if name not in ("original", "gold"):
+            run.mkdir(parents=True)
+            (run / "model.json").write_text((Path(d) / "model.json").read_text())
+            pd.DataFrame({"step": [0, 1], "loss": [1.0, 0.5], "forget": [1.0, 0.5]}).to_csv(
+                run / "losses.csv", index=False
+            )
+            d = str(run)
+        models.append(d)
+    build_leaderboard([m for m, _ in entries], models, str(tmp_path / "lb.csv"),
+                      str(tmp_path / "tables"), str(tmp_path / "plots"), {"retain_drop": 0.5})  # fmt: skip
+    t3 = pd.read_csv(tmp_path / "tables/table3_modality.csv")
+    assert list(zip(t3.method, t3.modality.fillna("-"), strict=True)) == [
+        ("original", "-"), ("gold", "-"), ("llmu", "both"), ("llmu", "text"), ("llmu", "visual"),
+    ]  # fmt: skip
+    t4 = pd.read_csv(tmp_path / "tables/table4_l1.csv")
+    assert list(t4.method) == ["original", "gold", "llmu", "llmu", "ga", "ga"]
+    assert set(t4.modality.dropna()) == {"both"} and "status" in t4.columns
+    assert "| llmu |" in (tmp_path / "tables/table4_l1.md").read_text()
+    assert (tmp_path / "plots/losses_vlm_forget10.png").stat().st_size > 5000
 
 
 def write_vision(tmp, family, retain_acc, u_lira, status="ok"):

@@ -79,3 +79,16 @@ def test_finetuning_is_bit_for_bit_repeatable(base_dir, text_data, tmp_path):
     finetune(str(base_dir), str(text_data / "full.parquet"), str(tmp_path / "c"), hp | {"seed": 6})
     other = load_file(str(tmp_path / "c" / "adapter" / "adapter_model.safetensors"))
     assert not all(torch.equal(runs[0][k], other[k]) for k in runs[0])
+
+
+def test_text_tokenizer_is_trained_on_the_base_corpus_only(base_dir, text_data):
+    # the authors' code trained it on every author too: a token found only in their text keeps
+    # a random embedding in the gold model, which never sees the forget authors
+    from clearbench.models.factory import load_tokenizer
+    from clearbench.models.tokenizer import train_tokenizer
+    from clearbench.train.text import corpus
+
+    vocab = load_tokenizer(str(base_dir)).get_vocab()
+    base = [text_data / f"{t}.parquet" for t in ("real_authors", "world_facts", "background")]
+    assert vocab == train_tokenizer(corpus(base), 600).get_vocab()
+    assert vocab != train_tokenizer(corpus([text_data / "full.parquet", *base]), 600).get_vocab()

@@ -263,3 +263,59 @@ def test_facerec_prompts_and_options_are_seeded(clear_data, text_data):
         n not in wrong for n, wrong in zip(rec["answer"], rec["perturbed_answers"], strict=True)
     )
     assert Image.open(io.BytesIO(rec["image"][0])).size == (64, 64)
+
+
+# ------------------------------------------------------------------------- unlearning
+
+
+def unlearn_hp(method, **kw):
+    own = yaml.safe_load((ROOT / "params.yaml").read_text())["unlearn"]["method_hp"][method]
+    return {"method": method, "method_hp": own | ({"layer": 1} if method == "rmu" else {}),
+            "seed": 0, "max_len": 64, "epochs": 2, "lr": 5e-3, "weight_decay": 0.0,
+            "batch_size": 8, "l1_lambda": 0.0, "lora": LORA, "freeze_vision_tower": True} | kw  # fmt: skip
+
+
+def test_modalities_pick_text_photo_and_identification_samples(clear_data, text_data):
+    text = V.modality_samples(clear_data, text_data, "forget10", "text", 0)
+    visual = V.modality_samples(clear_data, text_data, "forget10", "visual", 0)
+    both = V.modality_samples(clear_data, text_data, "forget10", "both", 0)
+    n = len(read_qa(text_data / "forget10.parquet"))
+    assert len(text) == n and all(s.image is None for s in text)
+    assert len(visual) == 2 * n and all(s.image is not None for s in visual)  # photo QA + who
+    assert both == text + visual
+    with pytest.raises(ValueError, match="modality must be one of"):
+        V.modality_samples(clear_data, text_data, "forget10", "audio", 0)
+
+
+@pytest.mark.parametrize("method", ["scrub", "rmu"])
+def test_vlm_unlearning_keeps_the_tower_frozen_and_moves_the_model(
+    method, vlm_original, clear_data, text_data, tmp_path
+):
+    from clearbench.unlearn.run import unlearn, vlm_track
+
+    hp = unlearn_hp(method)
+    track = vlm_track(str(clear_data), str(text_data), "forget10", "both", hp)
+    assert all(s.image is not None for s in track.retain[len(track.retain) // 2 :])
+    out = tmp_path / method
+    assert unlearn(str(vlm_original), str(out), hp, track)["status"] == "ok"
+    before, after = load_model(vlm_original)[0], load_model(out)[0]
+    tower = tower_state(before)
+    assert all(torch.equal(tower[k], v) for k, v in tower_state(after).items()), "tower moved"
+    moved = [not torch.equal(a, b) for a, b in
+             zip(before.state_dict().values(), after.state_dict().values(), strict=True)]  # fmt: skip
+    assert any(moved), f"{method} left the model unchanged"
+
+
+def test_vlm_dpo_runs_against_its_reference_per_modality(
+    vlm_original, clear_data, text_data, tmp_path
+):
+    from clearbench.unlearn.run import train_reference, unlearn, vlm_track
+
+    hp = unlearn_hp("dpo")
+    ref = tmp_path / "ref"
+    both = vlm_track(str(clear_data), str(text_data), "forget10", "both", hp)
+    train_reference(str(vlm_original), str(ref), hp, both)
+    for modality in ("text", "visual"):
+        track = vlm_track(str(clear_data), str(text_data), "forget10", modality, hp)
+        result = unlearn(str(vlm_original), str(tmp_path / modality), hp, track, str(ref))
+        assert result["status"] == "ok", modality
