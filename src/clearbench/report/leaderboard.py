@@ -160,14 +160,15 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    several = group["modality"].nunique() > 1  # name the modality where it varies (vlm)
     labels = [
-        m if l1 is None else f"{m}{'+l1' if l1 else ''}"
-        for m, l1 in zip(group["method"], group["l1"], strict=True)
+        m if l1 is None else f"{m}{'+l1' if l1 else ''}{f' ({mod})' if several else ''}"
+        for m, l1, mod in zip(group["method"], group["l1"], group["modality"], strict=True)
     ]
     track, split = group["track"].iloc[0], group["split"].iloc[0]
     bars = view(track)["bars"]
     x, width = np.arange(len(group)), 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(group)), 3.8))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(group)), 4.2))
     for i, key in enumerate(bars):
         offset = (i - (len(bars) - 1) / 2) * width
         ax.bar(x + offset, group[key].astype(float).fillna(0), width, label=key)
@@ -226,9 +227,11 @@ def plot_losses(models: list[str], track: str, split: str, path: Path) -> bool:
     cols = min(6, len(runs))
     n_rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(2.6 * cols, 2.1 * n_rows), squeeze=False)
+    terms = list(dict.fromkeys(t for _, df in runs for t in df.columns.drop(["step", "loss"])))
+    colour = {t: f"C{i % 10}" for i, t in enumerate(terms)}  # one colour per term in every panel
     for ax, (name, df) in zip(axes.flat, runs, strict=False):
         for term in df.columns.drop(["step", "loss"]):
-            ax.plot(df["step"], df[term], lw=1, label=term)
+            ax.plot(df["step"], df[term], lw=1, label=term, color=colour[term])
         if len(df.columns) > 3:
             ax.plot(df["step"], df["loss"], "k--", lw=0.8, label="total")
         ax.set_title(name, fontsize=8)
