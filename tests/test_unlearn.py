@@ -341,6 +341,20 @@ def test_dpo_reference_is_the_idk_tuned_model_not_the_original(reference, origin
         unlearn(str(original_dir), "/tmp/never", hp("dpo"), track)
 
 
+def test_dpo_with_a_diverged_reference_is_a_status_row(original_dir, track, tmp_path):
+    import json
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    chain = read_model_json(original_dir)
+    (ref / "model.json").write_text(json.dumps(chain | {"status": "diverged"}))
+    result = unlearn(str(original_dir), str(tmp_path / "dpo"), hp("dpo"), track, str(ref))
+    assert result["status"] == "diverged"
+    meta = read_model_json(tmp_path / "dpo")
+    assert meta["status"] == "diverged" and "reference" in meta["reason"]
+    assert meta["adapters"] == chain["adapters"]
+
+
 def test_nan_loss_marks_diverged_without_crash(original_dir, track, tmp_path):
     @register("test_nan")
     def nan_loss(ctx, step):

@@ -23,10 +23,11 @@ from clearbench.models.factory import (
     load_model,
     load_tokenizer,
     read_model_json,
+    save_chain,
 )
 from clearbench.train.loop import Diverged, optimize
 from clearbench.train.qa import answer_outputs, batches, collate, encode
-from clearbench.train.text import finish_adapter_run, start_adapter_run
+from clearbench.train.text import finish_adapter_run, fresh_dir, start_adapter_run
 from clearbench.train.vqa import Sample, Vision
 from clearbench.unlearn.methods import METHODS, Context, Step, idk_reference, lora_l1
 
@@ -103,6 +104,13 @@ def unlearn(
     if method.reference:
         if not reference_dir:
             raise ValueError(f"{name} needs --reference, the model tuned on the IDK forget set")
+        status = read_model_json(reference_dir).get("status", "ok")
+        if status != "ok":  # nothing to compare against: a status row, not a crash
+            meta = read_model_json(original_dir)
+            out = fresh_dir(out_dir)
+            save_chain(out, base=meta["base"], adapters=meta["adapters"], status=status,
+                       rte_seconds=0.0, reason=f"its reference {reference_dir} is {status}")  # fmt: skip
+            return {"status": status}
         reference = reference_logps(reference_dir, track, hp)
     return train_adapter(original_dir, out_dir, hp, track, method.objective, reference)
 
@@ -117,9 +125,6 @@ def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, tor
     """log p_ref(y|x) of every forget sample's IDK (chosen) and true (rejected) answer. The
     reference is frozen and the forget set fixed, so these are computed once, before the model
     being trained is loaded: one copy of the base in memory at a time."""
-    status = read_model_json(reference_dir).get("status", "ok")
-    if status != "ok":
-        raise ValueError(f"the DPO reference {reference_dir} did not finish (status {status})")
     model, meta = load_model(reference_dir)
     encoder = track.encoder(load_tokenizer(meta["base"]), meta, model.config, hp["max_len"])
     out = {}
