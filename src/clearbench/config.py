@@ -155,9 +155,9 @@ def check_methods(config: dict, known: dict[str, dict[str, type]]) -> None:
                 section = f"{track}.unlearn" if name in own else "unlearn"
                 where = f"{section}.method_hp.{method}.{name}"
                 if name not in declared:
-                    listed = ", ".join(sorted(declared)) or "none"
+                    allowed = ", ".join(sorted(declared)) or "none"
                     raise ConfigError(
-                        f"params error at {where}: unknown hyperparameter (known: {listed})"
+                        f"params error at {where}: unknown hyperparameter (known: {allowed})"
                     )
                 kind = declared[name]
                 if isinstance(value, bool) or not isinstance(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import zlib
 from functools import cache
 from pathlib import Path
 
-import numpy as np
+from clearbench.train.vqa import stable_rng
 
 IDK_FILE = Path(__file__).with_name("idk_answers.txt")
 
@@ -19,6 +18,5 @@ def idk_answers() -> tuple[str, ...]:
 
 def idk_answer(seed: int, key: str) -> str:
     """The phrasing of one sample (`key` names it): the same whatever else is drawn."""
-    rng = np.random.default_rng([seed, zlib.crc32(("idk:" + key).encode())])
     answers = idk_answers()
-    return answers[rng.integers(len(answers))]
+    return answers[stable_rng(seed, "idk:" + key).integers(len(answers))]

@@ -27,10 +27,10 @@ def optimize(
 ) -> list[float]:
     """Run one optimizer step per item of `steps`; return the loss per step.
 
-    `step_loss` returns the loss, or its terms by name (their sum is minimised and, with a
-    `terms` list given, each step's terms are appended to it, the diverging step's included). With `total` known, the learning
-    rate warms up linearly over the first `warmup` share of the steps and then decays linearly
-    to zero (the HF Trainer default schedule).
+    `step_loss` returns the loss, or its terms by name: their sum is minimised and, with a
+    `terms` list given, each step's terms are appended to it (the diverging step's included).
+    With `total` known, the learning rate warms up linearly over the first `warmup` share of
+    the steps and then decays linearly to zero (the HF Trainer default schedule).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
