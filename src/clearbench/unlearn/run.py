@@ -111,8 +111,11 @@ def unlearn(
             save_chain(out, base=meta["base"], adapters=meta["adapters"], status=status,
                        rte_seconds=0.0, reason=f"its reference {reference_dir} is {status}")  # fmt: skip
             return {"status": status}
+        start = time.perf_counter()
         reference = reference_logps(reference_dir, track, hp)
-    return train_adapter(original_dir, out_dir, hp, track, method.objective, reference)
+        spent = time.perf_counter() - start  # part of the method's cost (RTE)
+        return train_adapter(original_dir, out_dir, hp, track, method.objective, reference, spent)
+    return train_adapter(original_dir, out_dir, hp, track, method.objective)
 
 
 def train_reference(original_dir: str, out_dir: str, hp: dict, track: Track) -> dict:
@@ -137,7 +140,11 @@ def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, tor
     return out
 
 
-def train_adapter(original_dir, out_dir, hp: dict, track: Track, objective, reference=None):
+def train_adapter(
+    original_dir, out_dir, hp: dict, track: Track, objective, reference=None, spent: float = 0.0
+):
+    """Train a new LoRA adapter on the original with `objective`; `spent`: seconds already
+    spent on this run (counted in its RTE)."""
     lora = hp["lora"] | (track.lora or {})
     out, model, tok, meta, gen = start_adapter_run(original_dir, out_dir, hp | {"lora": lora})
     if track.frozen and any(
@@ -179,7 +186,8 @@ def train_adapter(original_dir, out_dir, hp: dict, track: Track, objective, refe
     except Diverged:
         status = "diverged"
     write_losses(terms, out / LOSSES)  # kept for a diverged run too: it shows why
-    return finish_adapter_run(out, model, meta, status, time.perf_counter() - start, losses)
+    seconds = spent + time.perf_counter() - start
+    return finish_adapter_run(out, model, meta, status, seconds, losses)
 
 
 def write_losses(terms: list[dict[str, float]], path: Path) -> None:
