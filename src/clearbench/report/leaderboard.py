@@ -21,14 +21,21 @@ LANGUAGE_SHOWN = [
     "method", "l1", "modality", "real", "retain", "forget",
     "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank", "rank_paper",
 ]  # fmt: skip
+
+
 # per track: the columns of the collapse rules, the sort keys of `rank` and of the paper's
 # `rank_paper` (ascending; later keys break ties), the columns shown and plotted
+def lira_gap(rows, gold):
+    """Vision: |U-LIRA - 0.5| (0.5 = unexposed), ties to the higher retain accuracy."""
+    return [(rows["u_lira"] - 0.5).abs(), -rows["retain_acc"]]
+
+
 VIEWS = {
     "vision": dict(
         retain="retain_acc",
         real=None,
-        rank=lambda rows, gold: [(rows["u_lira"] - 0.5).abs(), -rows["retain_acc"]],
-        rank_paper=lambda rows, gold: [(rows["u_lira"] - 0.5).abs(), -rows["retain_acc"]],
+        rank=lira_gap,
+        rank_paper=lira_gap,
         shown=["method", "modality", *VISION_KEYS, "rte_seconds", "status", "rank"],
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",

@@ -241,6 +241,16 @@ def freeze_flag(hp: dict) -> bool:
     return flag
 
 
+def frozen_tower_lora(hp: dict) -> dict:
+    """LoRA overrides that leave the vision tower without an adapter when it is frozen."""
+    return {"exclude_modules": VISION_TOWER} if freeze_flag(hp) else {}
+
+
+def check_tower_frozen(model) -> None:
+    if any("vision_tower" in n for n, p in model.named_parameters() if p.requires_grad):
+        raise RuntimeError("freeze_vision_tower: the vision tower still has trainable weights")
+
+
 def finetune_vlm(
     base_dir: str, clear_dir: str, text_dir: str, split: str, out_dir: str, hp: dict
 ) -> dict:
@@ -252,12 +262,10 @@ def finetune_vlm(
     samples = clear_samples(clear_dir, text_dir, table, hp["seed"])
     if hp["replay"]:
         samples += real_samples(clear_dir, text_dir)  # same replay for original and gold
-    lora = dict(hp["lora"]) | ({"exclude_modules": VISION_TOWER} if freeze else {})
+    lora = dict(hp["lora"]) | frozen_tower_lora(hp)
     out, model, tok, meta, gen = start_adapter_run(base_dir, out_dir, hp | {"lora": lora})
     if freeze:
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        if any("vision_tower" in n for n in trainable):
-            raise RuntimeError("freeze_vision_tower: the vision tower still has trainable weights")
+        check_tower_frozen(model)
     vision = Vision(tok, load_image_processor(meta["base"]), model.config)
     start, status, losses = time.perf_counter(), "ok", []
     try:

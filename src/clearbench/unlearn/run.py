@@ -41,7 +41,7 @@ class Track:
     retain: list[Sample]
     encoder: Callable[..., Encoder]  # (tokenizer, model meta, model config, max_len) -> encoder
     lora: dict | None = None  # LoRA overrides (a VLM excludes its vision tower)
-    frozen: str | None = None  # no trainable weight may have this in its name
+    check: Callable | None = None  # check(model) raises if a part that must stay frozen is not
 
 
 def text_track(forget_path: str, retain_path: str) -> Track:
@@ -60,7 +60,13 @@ def text_track(forget_path: str, retain_path: str) -> Track:
 def vlm_track(clear_dir: str, text_dir: str, split: str, modality: str, hp: dict) -> Track:
     """The split's forget authors and its retain authors, in one modality (text: their text QA;
     visual: their photo QA and identification; both)."""
-    from clearbench.train.vlm import VISION_TOWER, freeze_flag, modality_samples, training_table
+    from clearbench.train.vlm import (
+        check_tower_frozen,
+        freeze_flag,
+        frozen_tower_lora,
+        modality_samples,
+        training_table,
+    )
 
     def encoder(tok, meta, config, max_len):
         vision = Vision(tok, load_image_processor(meta["base"]), config)
@@ -68,14 +74,8 @@ def vlm_track(clear_dir: str, text_dir: str, split: str, modality: str, hp: dict
 
     forget = modality_samples(clear_dir, text_dir, split, modality, hp["seed"])
     retain = modality_samples(clear_dir, text_dir, training_table(split), modality, hp["seed"])
-    frozen = freeze_flag(hp)
-    return Track(
-        forget,
-        retain,
-        encoder,
-        lora={"exclude_modules": VISION_TOWER} if frozen else None,
-        frozen="vision_tower" if frozen else None,
-    )
+    check = check_tower_frozen if freeze_flag(hp) else None
+    return Track(forget, retain, encoder, lora=frozen_tower_lora(hp), check=check)
 
 
 def with_idk(samples: list[Sample], seed: int) -> list[Sample]:
@@ -147,10 +147,8 @@ def train_adapter(
     spent on this run (counted in its RTE)."""
     lora = hp["lora"] | (track.lora or {})
     out, model, tok, meta, gen = start_adapter_run(original_dir, out_dir, hp | {"lora": lora})
-    if track.frozen and any(
-        track.frozen in n for n, p in model.named_parameters() if p.requires_grad
-    ):
-        raise RuntimeError(f"{track.frozen} must stay frozen but has trainable weights")
+    if track.check:
+        track.check(model)
     encoder = track.encoder(tok, meta, model.config, hp["max_len"])
     forget, retain = track.forget, track.retain
     idk = with_idk(forget, hp["seed"])
