@@ -7,6 +7,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from clearbench import compute
+
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 TOFU_FILES = [
     "full.json",
@@ -18,6 +20,12 @@ TOFU_FILES = [
 
 class ConfigError(ValueError):
     pass
+
+
+def compute_section(config: dict) -> dict:
+    """What a text or vlm job reads of `compute` (threads and cluster resources are the
+    scheduler's business: a change to them reruns nothing)."""
+    return {k: config["compute"][k] for k in compute.KEYS}
 
 
 def vlm_stage_hp(stage: str, vlm: dict) -> dict:
@@ -80,6 +88,12 @@ def check(
     errors = schema_errors(config, root / SCHEMA.relative_to(SCHEMA.parents[2]) if root else SCHEMA)
     if errors:
         raise ConfigError(f"params error at {errors[0]}")
+    settings = config["compute"]
+    if settings["quantize"] != "none" and settings["device"] == "cpu":
+        raise ConfigError(
+            f"params error at compute.quantize: {settings['quantize']} loading needs a GPU"
+            " (bitsandbytes); set compute.device to cuda or auto, or quantize: none"
+        )
     fractions = config["data"]["forget_fractions"]
     for split in config["data"]["splits"]:
         if split not in fractions:

@@ -3,7 +3,8 @@ import os
 import sys
 from pathlib import Path
 
-from clearbench.config import ConfigError, check, unlearn_stage_hp, vlm_stage_hp
+from clearbench.compute import ComputeError, check_device
+from clearbench.config import ConfigError, check, compute_section, unlearn_stage_hp, vlm_stage_hp
 from clearbench.unlearn.methods import METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
 
@@ -19,6 +20,19 @@ except ConfigError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)
 
+
+
+onstart:
+    # before the first job: a local run that asks for a GPU this machine lacks stops here (a
+    # dry-run and a cluster submission need none here; the executor is known only now)
+    if workflow.local_exec and not workflow.touch:
+        try:
+            check_device(config["compute"])
+        except ComputeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+
 # code lives with the workflow, data in the working directory (usually the same folder)
 SRC = os.path.normpath(os.path.join(os.path.relpath(workflow.basedir), "src", "clearbench"))
 SPLITS = config["data"]["splits"]
@@ -28,6 +42,7 @@ METHOD_NAMES = UNLEARN["methods"]
 L1_TAGS = ["l1" if on else "nol1" for on in UNLEARN["l1"]]
 LANGUAGE_TRACKS = [t for t in ("text", "vlm") if t in config["tracks"]]
 THREADS = config["compute"]["threads"]
+COMPUTE = compute_section(config)  # device and precision of every text and vlm job
 VLM = config.get("vlm", {})
 VLM_ON = "vlm" in config["tracks"]
 # base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
@@ -102,7 +117,7 @@ def resources(gpu=False):
 
 def unlearn_hp(track, method, l1):
     """The --hp of an unlearning job (method None: DPO's IDK reference)."""
-    return hp(**unlearn_stage_hp(config, track, method, l1 == "l1"))
+    return hp(**unlearn_stage_hp(config, track, method, l1 == "l1"), compute=COMPUTE)
 
 
 def dpo_reference(track, wildcards):
@@ -132,7 +147,9 @@ def clear_data_hp():
 
 def train_hp(section, **extra):
     """A training section of params plus what every trainer needs."""
-    return hp(seed=config["seed"], max_len=config["text"]["max_len"], **section, **extra)
+    return hp(
+        seed=config["seed"], max_len=config["text"]["max_len"], compute=COMPUTE, **section, **extra
+    )
 
 
 def text_tasks(split):
@@ -147,7 +164,7 @@ def text_tasks(split):
 
 def vlm_hp(stage):
     """The --hp of one vlm stage: the stage's section plus what every stage reads."""
-    return hp(**vlm_stage_hp(stage, {"seed": config["seed"], **VLM}))
+    return hp(**vlm_stage_hp(stage, {"seed": config["seed"], **VLM}), compute=COMPUTE)
 
 
 def vision_hp(*sections, method=None):

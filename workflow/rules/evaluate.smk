@@ -8,7 +8,9 @@ rule text_eval:
         "results/eval/text/{split}/{model}.parquet",
     params:
         tasks=lambda w: " ".join(f"--task {t}={p}" for t, p in text_tasks(w.split).items()),
-        hp=hp(seed=config["seed"], max_len=config["text"]["max_len"], **config["eval"]),
+        hp=hp(
+            seed=config["seed"], max_len=config["text"]["max_len"], compute=COMPUTE, **config["eval"]
+        ),
     log:
         "logs/eval/text/{split}/{model}.log",
     benchmark:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from clearbench.compute import compute_hp, to_device
 from clearbench.data.text import read_qa
 from clearbench.models.factory import load_model, load_tokenizer, read_model_json
 from clearbench.train.qa import PROMPT, collate, encode, sequence_nll
@@ -41,20 +42,27 @@ def pick_samples(df: pd.DataFrame, max_samples: int, seed: int) -> pd.DataFrame:
 def losses_by_length(encoded: list, batch_size: int, score) -> np.ndarray:
     """One loss per encoded sample; `score(indices)` scores a batch of samples of similar
     length (sorting by length keeps padding, and so time, low)."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = np.empty(len(encoded))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        out[idx] = score(idx).numpy()
+    for idx in by_length([len(ids) for ids, _ in encoded], batch_size):
+        out[idx] = score(idx).float().cpu().numpy()
     return out
 
 
+def by_length(lengths: list[int], batch_size: int):
+    """Index batches of samples of similar length (padding, and so time, stays low)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 def greedy_decode(model, tok, batch, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a left-padded prompt batch, without the prompts."""
+    """Greedy continuations of a left-padded prompt batch (KV cache on, on the model's device),
+    without the prompts."""
     out = model.generate(
-        **batch,
+        **to_device(batch, model),
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        use_cache=True,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
@@ -75,12 +83,15 @@ def answer_losses(model, tok, pairs: list[tuple[str, str]], max_len: int, batch_
 
 @torch.no_grad()
 def greedy_answers(model, tok, questions: list[str], max_new_tokens: int, batch_size: int):
+    prompts = [PROMPT.format(question=q) for q in questions]
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False).input_ids]
+    answers = [""] * len(prompts)
     tok.padding_side = "left"
-    answers = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [PROMPT.format(question=q) for q in questions[start : start + batch_size]]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        answers += greedy_decode(model, tok, enc, max_new_tokens)
+    for idx in by_length(lengths, batch_size):
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                  add_special_tokens=False)  # fmt: skip
+        for i, answer in zip(idx, greedy_decode(model, tok, enc, max_new_tokens), strict=True):
+            answers[i] = answer
     tok.padding_side = "right"
     return answers
 
@@ -147,7 +158,7 @@ def evaluate(model_dir: str, tasks: dict[str, str], out_path: str, hp: dict) -> 
     if (skipped := unevaluated(model_dir, out_path)) is not None:
         return skipped
     torch.manual_seed(hp["seed"])
-    model, meta = load_model(model_dir)
+    model, meta = load_model(model_dir, compute=compute_hp(hp))
     tok = load_tokenizer(meta["base"])
     tables = []
     for task, path in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):

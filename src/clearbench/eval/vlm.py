@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from clearbench.compute import compute_hp
 from clearbench.data.clear import SCHEMAS
 from clearbench.data.text import read_qa, read_table
 from clearbench.eval.text import (
+    by_length,
     contract_rows,
     greedy_decode,
     losses_by_length,
@@ -122,10 +124,13 @@ def answer_losses(model, vision: Vision, samples: list[Sample], max_len: int, ba
 
 @torch.no_grad()
 def greedy_answers(model, vision: Vision, samples: list[Sample], max_new_tokens, batch_size):
-    answers = []
-    for start in range(0, len(samples), batch_size):
-        batch = vision.prompt_batch(samples[start : start + batch_size])
-        answers += greedy_decode(model, vision.tok, batch, max_new_tokens)
+    answers = [""] * len(samples)
+    lengths = [len(vision.prompt_ids(s)) for s in samples]
+    for idx in by_length(lengths, batch_size):
+        batch = vision.prompt_batch([samples[i] for i in idx])
+        for i, answer in zip(idx, greedy_decode(model, vision.tok, batch, max_new_tokens),
+                             strict=True):  # fmt: skip
+            answers[i] = answer
     return answers
 
 
@@ -149,7 +154,7 @@ def evaluate_vlm(
         return skipped
     tasks = task_tables(clear_dir, text_dir, split, hp["seed"])
     torch.manual_seed(hp["seed"])
-    model, meta = load_model(model_dir)
+    model, meta = load_model(model_dir, compute=compute_hp(hp))
     vision = Vision(load_tokenizer(meta["base"]), load_image_processor(meta["base"]), model.config)
     tables = []
     for task, df in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):

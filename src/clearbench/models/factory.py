@@ -28,6 +28,8 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
+from clearbench.compute import quantization_config, resolve_device, torch_dtype
+
 MODEL_JSON = "model.json"
 ADAPTER_DIR = "adapter"
 
@@ -92,10 +94,21 @@ def from_pretrained(what: str, auto, name_or_path: str, **kwargs):
         ) from None
 
 
-def load_checkpoint(name_or_path: str):
+def load_checkpoint(name_or_path: str, compute: dict | None = None):
+    """A checkpoint as `compute` asks (see clearbench.compute): on its device, in its dtype,
+    quantized through bitsandbytes if asked. No `compute`: CPU, float32."""
     config = from_pretrained("checkpoint", AutoConfig, name_or_path)
     auto = AutoModelForImageTextToText if is_vlm(config) else AutoModelForCausalLM
-    return from_pretrained("checkpoint", auto, name_or_path)
+    if compute is None:
+        return from_pretrained("checkpoint", auto, name_or_path)
+    device = resolve_device(compute["device"])
+    kwargs = {"dtype": torch_dtype(compute["dtype"])}
+    quantization = quantization_config(compute)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": device}  # straight onto the GPU, never a float32 copy in RAM
+    return from_pretrained("checkpoint", auto, name_or_path, **kwargs)
 
 
 def is_vlm(config) -> bool:
@@ -128,11 +141,12 @@ def read_model_json(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_model(model_dir: str | Path, with_adapters: bool = True):
-    """Load the model a folder describes: its base with every adapter of the chain merged in."""
+def load_model(model_dir: str | Path, with_adapters: bool = True, compute: dict | None = None):
+    """Load the model a folder describes: its base with every adapter of the chain merged in,
+    once, on the device and in the dtype of `compute` (see `load_checkpoint`)."""
     meta = read_model_json(model_dir)
     base = meta["base"]
-    model = load_checkpoint(base)
+    model = load_checkpoint(base, compute)
     if with_adapters:
         from peft import PeftModel
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from clearbench.compute import to_device
+
 PROMPT = "Question: {question}\nAnswer:"
 
 
@@ -43,6 +45,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     """Per-token NLL (B, T-1) of the labels and the mask of scored tokens.
 
     Every other key of the batch goes to the model (a VLM batch also has pixel_values)."""
+    batch = to_device(batch, model)
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]
     scored = labels != -100
@@ -90,6 +93,7 @@ def answer_outputs(model, batch: dict, hidden_states: bool = False) -> Answers:
     only: prompt and image tokens are most of a sequence, and a tiny model's head costs as much
     as its layers. Works for a causal LM and a LLaVA, bare or wrapped by peft."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    batch = to_device(batch, core)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     out = core.model(**inputs, output_hidden_states=hidden_states)
     labels = batch["labels"][:, 1:]

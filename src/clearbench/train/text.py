@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from clearbench.compute import compute_hp, resolve_device, to_device
 from clearbench.data.idk import idk_answers
 from clearbench.data.text import read_qa
 from clearbench.models.factory import (
@@ -80,7 +81,7 @@ def fresh_dir(out_dir: str | Path) -> Path:
 def nll_step(model, tok, max_len: int):
     def step_loss(rows):
         batch = collate([encode(tok, q, a, max_len) for q, a in rows], tok.pad_token_id)
-        return sequence_nll(model, batch).mean()
+        return sequence_nll(model, to_device(batch, model)).mean()
 
     return step_loss
 
@@ -103,7 +104,9 @@ def pretrain_base(qa_paths: list[str], out_dir: str, hp: dict) -> dict:
     start = time.perf_counter()
     tok = train_tokenizer(corpus(qa_paths), hp["vocab_size"])
     gen = seeded(hp["seed"])
+    # trained from scratch in float32 (full training needs float32 weights), on the device
     model = build_model(spec, vocab_size=len(tok), seed=hp["seed"])
+    model.to(resolve_device(compute_hp(hp)["device"]))
     rows = [r for p in qa_paths for r in qa_rows(p)]
     losses = fit_nll(model, tok, rows, hp, gen, "pretrain base")
     model.save_pretrained(out)
@@ -157,13 +160,36 @@ def finetune(base_dir: str, data_path: str, out_dir: str, hp: dict, replay: list
 
 
 def start_adapter_run(source_dir: str, out_dir: str, hp: dict):
-    """A fresh output folder, the source model with its chain merged, its tokenizer, a seeded
-    generator and a new LoRA adapter to train: how finetuning and unlearning both begin."""
+    """A fresh output folder, the source model with its chain merged (on the job's device, in
+    its dtype), its tokenizer, a seeded generator and a new LoRA adapter to train: how
+    finetuning and unlearning both begin."""
     out = fresh_dir(out_dir)
-    model, meta = load_model(source_dir)
+    compute = compute_hp(hp)
+    model, meta = load_model(source_dir, compute=compute)
     tok = load_tokenizer(meta["base"])
     gen = seeded(hp["seed"])
-    return out, add_lora(model, hp["lora"]), tok, meta, gen
+    return out, add_lora(prepare_for_training(model, compute), hp["lora"]), tok, meta, gen
+
+
+def prepare_for_training(model, compute: dict):
+    """Gradient checkpointing and k-bit preparation, as `compute` asks. The adapters peft adds
+    next stay float32 on a bfloat16/float16 base (peft's autocast_adapter_dtype)."""
+    if compute["quantize"] != "none":
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=compute["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if compute["gradient_checkpointing"]:
+        # non-reentrant: the frozen base's inputs need no requires_grad for LoRA to get gradients
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2's name
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        model.config.use_cache = False
+    return model
 
 
 def finish_adapter_run(out: Path, model, meta: dict, status: str, seconds: float, losses) -> dict:

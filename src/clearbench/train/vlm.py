@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPImageProcessorPil
 
+from clearbench.compute import compute_hp, resolve_device, to_device
 from clearbench.data.clear import SCHEMAS
 from clearbench.data.idk import idk_answers
 from clearbench.data.text import read_qa, read_table, split_names
@@ -177,7 +178,9 @@ def fit(model, vision: Vision, samples: list[Sample], hp: dict, gen, desc: str) 
     return optimize(
         model,
         epochs_of_batches(samples, hp["batch_size"], hp["epochs"], gen),
-        lambda rows: sequence_nll(model, vision.batch(rows, hp["max_len"])).mean(),
+        lambda rows: sequence_nll(
+            model, to_device(vision.batch(rows, hp["max_len"]), model)
+        ).mean(),
         lr=hp["lr"],
         weight_decay=hp["weight_decay"],
         total=hp["epochs"] * -(-len(samples) // hp["batch_size"]),
@@ -201,6 +204,7 @@ def pretrain_vlm_base(clear_dir: str, text_dir: str, out_dir: str, hp: dict) -> 
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     gen = seeded(hp["seed"])
     model = build_model(spec, len(tok), hp["seed"], image_token_id=image_token_id)
+    model.to(resolve_device(compute_hp(hp)["device"]))  # float32: trained from scratch
     size = model.config.vision_config.image_size
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from clearbench.compute import compute_hp, to_device
 from clearbench.data.idk import idk_answer
 from clearbench.data.text import read_qa
 from clearbench.models.factory import (
@@ -128,7 +129,7 @@ def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, tor
     """log p_ref(y|x) of every forget sample's IDK (chosen) and true (rejected) answer. The
     reference is frozen and the forget set fixed, so these are computed once, before the model
     being trained is loaded: one copy of the base in memory at a time."""
-    model, meta = load_model(reference_dir)
+    model, meta = load_model(reference_dir, compute=compute_hp(hp))
     encoder = track.encoder(load_tokenizer(meta["base"]), meta, model.config, hp["max_len"])
     out = {}
     for key, samples in (("idk", with_idk(track.forget, hp["seed"])), ("forget", track.forget)):
@@ -149,7 +150,8 @@ def train_adapter(
     out, model, tok, meta, gen = start_adapter_run(original_dir, out_dir, hp | {"lora": lora})
     if track.check:
         track.check(model)
-    encoder = track.encoder(tok, meta, model.config, hp["max_len"])
+    encode = track.encoder(tok, meta, model.config, hp["max_len"])
+    encoder = lambda rows: to_device(encode(rows), model)  # noqa: E731
     forget, retain = track.forget, track.retain
     idk = with_idk(forget, hp["seed"])
     ctx = Context(model, hp.get("method_hp", {}), hp["seed"])
