@@ -138,6 +138,8 @@ def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, tor
         ]
         out[key] = torch.cat([answer_outputs(model, encoder(c)).logp() for c in chunks])
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the reference's memory goes back before the original loads
     return out
 
 
