@@ -39,6 +39,15 @@ def test_shipped_profiles_are_valid():
         check(merged, METHODS, ROOT, list(VISION_METHODS))
 
 
+def test_layered_paper_profiles_are_valid():
+    # the paper's second text model: config/paper-mistral.yaml on top of config/paper.yaml
+    merged = copy.deepcopy(PARAMS)
+    for overlay in ("paper.yaml", "paper-mistral.yaml"):
+        _merge(merged, yaml.safe_load((ROOT / "config" / overlay).read_text()))
+    check(merged, METHODS, ROOT, list(VISION_METHODS))
+    assert merged["text"]["model"]["checkpoint"] == "mistralai/Mistral-7B-v0.1"
+
+
 def _merge(base, overlay):
     for k, v in overlay.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -94,6 +103,12 @@ def _merge(base, overlay):
         ("unlearn.modalities", ["audio"], "unlearn.modalities.0"),
         ("text.unlearn.reference", {"epochs": 0, "lr": 1e-3}, "text.unlearn.reference.epochs"),
         ("report.real_drop", 2, "report.real_drop"),
+        (
+            "compute.resources.unlearn.mem_mb",
+            -1,
+            "compute.resources.unlearn.mem_mb: -1 is less than the minimum of 0",
+        ),
+        ("compute.gpu", 1, "compute: Additional properties are not allowed ('gpu' was unexpected)"),
     ],
 )
 def test_bad_value_names_the_key(path, value, needle):

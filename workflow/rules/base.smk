@@ -3,7 +3,9 @@ rule text_base:
     the tokenizer sees the base's corpus only, never the CLEAR authors."""
     input:
         qa=expand("{d}/{t}.parquet", d=TEXT_DATA, t=["real_authors", "world_facts", "background"]),
-        code=src("train/text", "train/qa", "train/loop", "models/factory", "models/tokenizer"),
+        code=src(
+            "train/text", "train/qa", "train/loop", "models/factory", "models/tokenizer", "compute"
+        ),
     output:
         directory("results/models/text/base"),
     params:
@@ -18,7 +20,7 @@ rule text_base:
         "benchmarks/text/base.tsv"
     threads: SOLO_THREADS
     resources:
-        **resources(gpu=True),
+        **resources("base"),
     conda:
         "../../environment.yml"
     shell:

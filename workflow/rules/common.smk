@@ -107,12 +107,13 @@ def model_dir(track, split, model):
     return f"results/models/{track}/unlearn/{method}/{split}/{l1}-{modality}"
 
 
-def resources(gpu=False):
-    return dict(
-        mem_mb=config["compute"]["mem_mb"],
-        runtime=config["compute"]["runtime_min"],
-        gpu=config["compute"]["gpu"] if gpu else 0,
-    )
+def resources(phase):
+    """A job's cluster request from `compute.resources.<phase>`: GPUs, host memory (MB) and
+    walltime (minutes). Phases: base, finetune, unlearn, eval, vision_pretrain, vision_train,
+    vision_unlearn, and cpu for every rule that runs no model. Snakemake's -n prints them per job;
+    the Slurm profile turns `gpu` into the plugin's GPU request (DESIGN section 9)."""
+    request = config["compute"]["resources"][phase]
+    return dict(gpu=request["gpu"], mem_mb=request["mem_mb"], runtime=request["runtime"])
 
 
 def unlearn_hp(track, method, l1):

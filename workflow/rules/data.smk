@@ -20,6 +20,8 @@ rule text_data:
     benchmark:
         "benchmarks/data/text.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:
@@ -55,6 +57,8 @@ rule clear_data:
     benchmark:
         "benchmarks/data/clear.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:

@@ -3,7 +3,7 @@ rule text_eval:
     input:
         model=lambda w: model_dir("text", w.split, w.model),
         tasks=lambda w: list(text_tasks(w.split).values()),
-        code=src("eval/text", "train/qa", "models/factory"),
+        code=src("eval/text", "train/qa", "models/factory", "compute"),
     output:
         "results/eval/text/{split}/{model}.parquet",
     params:
@@ -17,7 +17,7 @@ rule text_eval:
         "benchmarks/eval/text/{split}/{model}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("eval"),
     conda:
         "../../environment.yml"
     shell:
@@ -38,6 +38,8 @@ rule metrics:
     benchmark:
         "benchmarks/metrics/{track}/{split}/{model}.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:

@@ -12,7 +12,7 @@ rule text_original:
         base="results/models/text/base",
         data=f"{TEXT_DATA}/full.parquet",
         replay=REPLAY,
-        code=src("train/text", "train/qa", "train/loop", "models/factory"),
+        code=src("train/text", "train/qa", "train/loop", "models/factory", "compute"),
     output:
         directory("results/models/text/original"),
     params:
@@ -23,7 +23,7 @@ rule text_original:
         "benchmarks/text/original.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("finetune"),
     conda:
         "../../environment.yml"
     shell:
@@ -37,7 +37,7 @@ rule text_gold:
         base="results/models/text/base",
         data=lambda w: f"{TEXT_DATA}/{retain_of(w.split)}.parquet",
         replay=REPLAY,
-        code=src("train/text", "train/qa", "train/loop", "models/factory"),
+        code=src("train/text", "train/qa", "train/loop", "models/factory", "compute"),
     output:
         directory("results/models/text/gold/{split}"),
     params:
@@ -48,7 +48,7 @@ rule text_gold:
         "benchmarks/text/gold/{split}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("finetune"),
     conda:
         "../../environment.yml"
     shell:

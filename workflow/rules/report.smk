@@ -27,6 +27,8 @@ rule leaderboard:
     benchmark:
         "benchmarks/report/leaderboard.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:

@@ -9,6 +9,7 @@ UNLEARN_CODE = (
     "train/vqa",
     "train/loop",
     "models/factory",
+    "compute",
 )
 IDK_ANSWERS = f"{SRC}/data/idk_answers.txt"
 
@@ -31,7 +32,7 @@ rule text_idk_reference:
         "benchmarks/text/reference/{split}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("unlearn"),
     conda:
         "../../environment.yml"
     shell:
@@ -62,7 +63,7 @@ rule text_unlearn:
         "benchmarks/text/unlearn/{method}/{split}/{l1}-{modality}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("unlearn"),
     conda:
         "../../environment.yml"
     shell:

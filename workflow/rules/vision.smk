@@ -38,7 +38,7 @@ rule vision_pretrain:
         "benchmarks/vision/pretrain.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("vision_pretrain"),
     conda:
         "../../environment.yml"
     shell:
@@ -69,7 +69,7 @@ rule vision_train:
         "benchmarks/vision/{family}/models{chunk}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("vision_train"),
     conda:
         "../../environment.yml"
     shell:
@@ -97,7 +97,7 @@ rule vision_unlearn:
         "benchmarks/vision/unlearn/{vmethod}/models{chunk}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("vision_unlearn"),
     conda:
         "../../environment.yml"
     shell:
@@ -122,6 +122,8 @@ rule vision_score:
     benchmark:
         "benchmarks/vision/score/{family}.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:
@@ -151,6 +153,8 @@ rule vision_report:
     benchmark:
         "benchmarks/vision/report.tsv"
     threads: 1
+    resources:
+        **resources("cpu"),
     conda:
         "../../environment.yml"
     shell:

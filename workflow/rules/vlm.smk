@@ -1,7 +1,15 @@
 # The vlm track (DESIGN sections 5-6): a LLaVA-style model pretrained on real faces and real-world
 # questions, LoRA-finetuned on all of CLEAR (original) or its retain authors (gold), evaluated on
 # the six tasks into the same per-sample tables as the text track.
-VLM_CODE = ("train/vlm", "train/vqa", "train/qa", "train/loop", "train/text", "models/factory")
+VLM_CODE = (
+    "train/vlm",
+    "train/vqa",
+    "train/qa",
+    "train/loop",
+    "train/text",
+    "models/factory",
+    "compute",
+)
 VLM_DATA = dict(
     clear_tables=expand("{d}/{t}.parquet", d=CLEAR_DATA, t=CLEAR_TABLES),
     text_tables=expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
@@ -24,7 +32,7 @@ rule vlm_base:
         "benchmarks/vlm/base.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("base"),
     conda:
         "../../environment.yml"
     shell:
@@ -48,7 +56,7 @@ rule vlm_original:
         "benchmarks/vlm/original.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("finetune"),
     conda:
         "../../environment.yml"
     shell:
@@ -73,7 +81,7 @@ rule vlm_gold:
         "benchmarks/vlm/gold/{split}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("finetune"),
     conda:
         "../../environment.yml"
     shell:
@@ -100,7 +108,7 @@ rule vlm_idk_reference:
         "benchmarks/vlm/reference/{split}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("unlearn"),
     conda:
         "../../environment.yml"
     shell:
@@ -129,7 +137,7 @@ rule vlm_unlearn:
         "benchmarks/vlm/unlearn/{method}/{split}/{l1}-{modality}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("unlearn"),
     conda:
         "../../environment.yml"
     shell:
@@ -155,7 +163,7 @@ rule vlm_eval:
         "benchmarks/eval/vlm/{split}/{model}.tsv"
     threads: THREADS
     resources:
-        **resources(gpu=True),
+        **resources("eval"),
     conda:
         "../../environment.yml"
     shell:
