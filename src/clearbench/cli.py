@@ -125,6 +125,17 @@ def cmd_benchmarks(a) -> dict:
     return {"jobs": len(collect(a.folder))}
 
 
+def cmd_bench_scale(a) -> dict:
+    from clearbench.report.bench_scale import run
+
+    if a.threads:
+        set_threads(a.threads)
+    summary = run(a.configfile, a.device, a.dtype, a.scale, a.steps, a.gradient_checkpointing,
+                  a.text_len, a.out, with_estimate=not a.no_estimate)  # fmt: skip
+    keys = ("device", "dtype", "total_hours", "hours_unit", "gpu_hours", "dag_error")
+    return {k: summary[k] for k in keys if k in summary} | {"out": a.out}
+
+
 def json_arg(text: str) -> dict:
     try:
         return json.loads(text)
@@ -205,6 +216,23 @@ def parser() -> argparse.ArgumentParser:
     s = stage("benchmarks", cmd_benchmarks, "summarize benchmarks/ (slowest jobs first)")
     s.add_argument("folder", nargs="?", default="benchmarks")
     s.add_argument("--top", type=int, default=10)
+    s = sub.add_parser(
+        "bench-scale", help="time the paper's models; estimate the paper DAG's GPU-hours"
+    )
+    s.set_defaults(fn=cmd_bench_scale)
+    s.add_argument("--configfile", default="config/paper.yaml", help="profile over params.yaml")
+    s.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    s.add_argument("--scale", choices=["auto", "paper", "small", "tiny"], default="auto",
+                   help="auto: paper on cuda, small on cpu")  # fmt: skip
+    s.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up")
+    s.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   help="default: the profile's compute.gradient_checkpointing")  # fmt: skip
+    s.add_argument("--text-len", type=int, help="text tokens per sequence (default: max_len)")
+    s.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    s.add_argument("--no-estimate", action="store_true", help="measure only (no DAG dry-run)")
+    s.add_argument("--out", help="JSON file of every measurement and the estimate")
     # metrics and mia own their argument parsing (they are the public scoring contracts)
     sub.add_parser("metrics", help="score a per-sample table (DESIGN section 6)", add_help=False)
     sub.add_parser("mia", help="U-LIRA / U-MIA from a vision scores table", add_help=False)
