@@ -530,8 +530,9 @@ def test_candidate_loop_runs_on_a_tiny_diffusion_pipeline(tmp_path):
     assert not np.array_equal(again[0], again[1])
 
 
-def write_published(folder):
-    """A local copy of the published CLEAR in its Hub schema (dataset card of therem/CLEAR)."""
+def write_published(folder, text_dir):
+    """A local copy of the published CLEAR in its Hub schema: every config of therem/CLEAR's
+    dataset card; the +tofu configs join the text dataset's QA of the same split."""
     png = C.png(np.zeros((8, 8, 3), np.uint8), "x.png")
     people = pd.DataFrame(
         {
@@ -540,9 +541,23 @@ def write_published(folder):
             "name": ["Ann Lee", "Ann Lee", "Bo Chan", "Bo Chan"],
         }
     )
-    for split, rows in (("full", people), ("forget10", people[2:]), ("retain90", people[:2])):
-        (folder / split).mkdir(parents=True)
-        rows.to_parquet(folder / split / "train-00000-of-00001.parquet")
+    forget, retain = people[2:], people[:2]
+    splits = {"full": people, **dict.fromkeys(["forget01", "forget05", "forget10"], forget)}
+    splits |= dict.fromkeys(["retain90", "retain95", "retain99"], retain)
+    configs = dict(splits)
+    for split, rows in splits.items():
+        qa = read_qa(text_dir / f"{split}.parquet")[["question", "answer"]]
+        configs[f"{split}+tofu"] = pd.concat([rows[["image", "caption"]], qa])
+    evals = {f"{s}_perturbed": forget for s in ("forget01", "forget05", "forget10")}
+    for config, rows in {**evals, "retain_perturbed": retain}.items():
+        configs[config] = rows.assign(
+            paraphrased_caption="P.",
+            perturbed_captions=[["W."]] * len(rows),
+            perturbed_names=[["Cy Doe"]] * len(rows),
+        )
+    for config, rows in configs.items():
+        (folder / config).mkdir(parents=True)
+        rows.to_parquet(folder / config / "train-00000-of-00001.parquet")
     (folder / "real_faces").mkdir()
     pd.DataFrame(
         {"image": [png], "answer": ["Tom Hanks"], "options": [["Tom Hanks", "Brad Pitt"]]}
@@ -560,10 +575,11 @@ def write_published(folder):
 
 
 def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch):
-    write_published(tmp_path / "pub")
+    root, _ = built
+    write_published(tmp_path / "pub", root / "text")
     out = B.load_published_clear(tmp_path / "pub")
     full = out["full"]
-    assert list(full.columns) == C.SCHEMAS["photos"].names
+    assert list(full.columns) == C.PUBLISHED_PHOTOS.names
     assert full["author_id"].tolist() == [0, 0, 1, 1]
     assert (full["answer"] == full["caption"]).all() and full["sample_id"].is_unique
     assert set(out["forget10"]["sample_id"]) == set(full["sample_id"][2:])
@@ -571,7 +587,6 @@ def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch
     assert out["real_world"]["perturbed_answers"][0] == ["1", "3"]
     assert out["real_faces"]["image"][0]["bytes"].startswith(b"\x89PNG")
     # through the builder: the published tables are written with the same schemas
-    root, _ = built
     hp = {
         "backends": {"source": "published"},
         "published": {"source": str(tmp_path / "pub")},

@@ -36,7 +36,9 @@ def qa_batch(model_dir, data_path, n=8):
     return collate(rows, tok.pad_token_id)
 
 
-def test_bfloat16_base_trains_float32_adapters_and_the_adapter_reloads(base_dir, text_data, tmp_path):
+def test_bfloat16_base_trains_float32_adapters_and_the_adapter_reloads(
+    base_dir, text_data, tmp_path
+):
     out = tmp_path / "bf16"
     summary = finetune(str(base_dir), str(text_data / "full.parquet"), str(out),
                        HP | {"compute": BF16})  # fmt: skip
@@ -76,7 +78,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(original_dir, text_data
         assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6), n
 
 
-def test_frozen_original_is_the_same_model_with_its_adapter_disabled(original_dir, text_data, tmp_path):
+def test_frozen_original_is_the_same_model_with_its_adapter_disabled(
+    original_dir, text_data, tmp_path
+):
     """The teacher of KL/SCRUB/RMU is the model being trained with its adapter switched off: it
     must give exactly what a separately loaded original gives, after training has moved it."""
     batch = qa_batch(original_dir, text_data / "forget10.parquet")

@@ -16,6 +16,7 @@ import io
 import math
 import sys
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -329,27 +330,36 @@ class DeepFaceAttributes:
 
 CAPTION_QUESTION = "What can you see in this picture?"  # the first of the authors' prompts
 REAL_FACES_QUESTION = "Who is the person in the image?"
-PUBLISHED_SPLITS = (
-    "full",
-    "forget01",
-    "forget05",
-    "forget10",
-    "retain90",
-    "retain95",
-    "retain99",
-    "real_faces",
-    "real_world",
+# The configs of therem/CLEAR's dataset card; `default` (data/) is the same rows as `full` and
+# is not read.
+PHOTO_CONFIGS = ("full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99")
+PERTURBED_CONFIGS = (
+    "forget01_perturbed",
+    "forget05_perturbed",
+    "forget10_perturbed",
+    "retain_perturbed",
 )
+TOFU_CONFIGS = tuple(f"{c}+tofu" for c in PHOTO_CONFIGS)
+REAL_CONFIGS = ("real_faces", "real_world")
+PUBLISHED_CONFIGS = PHOTO_CONFIGS + PERTURBED_CONFIGS + TOFU_CONFIGS + REAL_CONFIGS
+TOFU_COLUMNS = ["caption", "question", "answer"]  # the text check needs no image bytes
 
 
-def _published_config(source, config):
+def _local_files(folder: Path, config: str) -> list[Path]:
+    # the Hub's layout (<config>/train-*.parquet), the parquet converter's (<config>/train/*)
+    # or one <config>.parquet
+    files = sorted((folder / config).rglob("*.parquet"))
+    return files or [p for p in [folder / f"{config}.parquet"] if p.is_file()]
+
+
+def _published_config(source, config, columns=None) -> pd.DataFrame:
     """One config of the published dataset as a DataFrame (Hub id or local copy)."""
     path = Path(source)
     if path.exists():
-        files = sorted((path / config).glob("*.parquet")) or sorted(path.glob(f"{config}.parquet"))
+        files = _local_files(path, config)
         if not files:
-            return None
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            raise BackendError(f"published CLEAR copy at {source} lacks the {config} config")
+        return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
     if not isinstance(source, str) or source.count("/") != 1:
         raise BackendError(
             f"published CLEAR source not found: {source} (a local folder or a Hub id)"
@@ -365,7 +375,10 @@ def _published_config(source, config):
             "download it once, or pass a local Parquet copy"
         ) from None
     split = next(iter(ds.values()))
-    split = split.cast_column("image", datasets.Image(decode=False))
+    if columns is not None:
+        split = split.select_columns(columns)
+    if "image" in split.column_names:
+        split = split.cast_column("image", datasets.Image(decode=False))
     return split.to_pandas()
 
 
@@ -385,74 +398,148 @@ def _without(options, answer):
     return [o for o in list(options) if o != answer]
 
 
-def load_published_clear(source="therem/CLEAR", authors: pd.DataFrame | None = None) -> dict:
-    """The published CLEAR splits mapped to this project's tables: {name: DataFrame}.
+def _eval_answers(df) -> dict:
+    """(name, caption) -> the authors' paraphrase, wrong captions and wrong names of a photo."""
+    cols = ("name", "caption", "paraphrased_caption", "perturbed_captions", "perturbed_names")
+    return {
+        (n, c): {
+            "paraphrased_answer": p,
+            "perturbed_answers": _without(pc, c),
+            "perturbed_names": _without(pn, n),
+        }
+        for n, c, p, pc, pn in zip(*(df[k] for k in cols), strict=True)
+    }
 
-    Published schema (dataset card): full/forgetXX/retainYY: image, caption, name;
-    real_faces: image, answer, options; real_world: question, answer, image, options.
-    Mapping: a person image becomes a captioning QA (question CAPTION_QUESTION, answer = the
-    caption; prompt "" as the prompts were not published); author_id comes from `authors`
+
+def _photos(df, ids, answers) -> pd.DataFrame:
+    """Published person images -> the photos table plus their published evaluation answers."""
+    aid = [int(ids.get(n, -1)) for n in df["name"]]
+    sid, seen = [], {}
+    for a, n, c in zip(aid, df["name"], df["caption"], strict=True):
+        base = f"a{a:03d}_{zlib.crc32((n + c).encode()):08x}"
+        seen[base] = seen.get(base, -1) + 1
+        sid.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
+    own = [answers.get(k, {}) for k in zip(df["name"], df["caption"], strict=True)]
+    return pd.DataFrame(
+        {
+            "sample_id": sid,
+            "author_id": aid,
+            "name": df["name"],
+            "question": CAPTION_QUESTION,
+            "answer": df["caption"],
+            "prompt": "",
+            "caption": df["caption"],
+            "image": [_png(im) for im in df["image"]],
+            # object: a str column would turn the missing paraphrases into NaN
+            "paraphrased_answer": pd.Series(
+                [o.get("paraphrased_answer") for o in own], index=df.index, dtype=object
+            ),
+            "perturbed_answers": [o.get("perturbed_answers", []) for o in own],
+            "perturbed_names": [o.get("perturbed_names", []) for o in own],
+        }
+    )
+
+
+def _wrong(df) -> list:
+    return [_without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)]
+
+
+def _check_tofu(source, config, tofu, text):
+    """The text QA that `X+tofu` joins to the images of X must be the text dataset's X."""
+    split = config.removesuffix("+tofu")
+    if text is None or split not in text:
+        return
+    qa = tofu[tofu["question"].fillna("").str.strip() != ""]
+
+    def pairs(df):
+        answers = df["answer"].fillna("").str.strip()
+        return Counter(zip(df["question"].str.strip(), answers, strict=True))
+
+    theirs, ours = pairs(qa), pairs(text[split])
+    if theirs != ours:
+        extra, lacking = theirs - ours, ours - theirs
+        q = next(iter(extra or lacking))[0]
+        raise BackendError(
+            f"published CLEAR {source}/{config}: its {len(qa)} text QA are not the text "
+            f"dataset's {split} ({sum(extra.values())} not there, {sum(lacking.values())} "
+            f"missing, e.g. {q[:60]!r}); read the text track from TOFU (data.text.source: tofu)"
+        )
+
+
+def load_published_clear(
+    source="therem/CLEAR", authors: pd.DataFrame | None = None, text: dict | None = None
+) -> dict:
+    """The published CLEAR, every config its dataset card lists, as this project's tables.
+
+    Published configs (therem/CLEAR's dataset card; the authors' evaluation config mm/eval.yaml):
+    - full, forget01/05/10, retain90/95/99: image, caption, name.
+    - forget01/05/10_perturbed, retain_perturbed: image, caption, name, paraphrased_caption,
+      perturbed_captions, perturbed_names: the authors' evaluation sets. Their caption task
+      scores the paraphrase against the wrong captions (truth ratio, probability); their
+      "who is this?" task offers the wrong names.
+    - full+tofu, forgetXX+tofu, retainXX+tofu: the images of X (image, caption) followed by
+      TOFU's text QA of X (question, answer), the authors' training mix.
+    - real_faces: image, answer, options; real_world: question, answer, image, prompt, options.
+    A local copy lacking any of them is refused with one line naming them.
+
+    Mapping: a person image becomes a photo QA (question CAPTION_QUESTION, answer = the
+    caption; prompt "" as the prompts were not published). author_id comes from `authors`
     (name -> author_id) when given, else from the order of first appearance in `full`;
-    sample_id = a<author_id>_<crc32 of name + caption>, stable across splits. Options that
-    repeat the answer are dropped from perturbed_answers.
+    sample_id = a<author_id>_<crc32 of name + caption>, stable across configs. Every photo
+    table also carries paraphrased_answer, perturbed_answers (wrong captions) and
+    perturbed_names from the *_perturbed row with the same name and caption (None / [] where
+    there is none: the authors left a few photos out of them). retain_eval = retain_perturbed,
+    the authors' retain evaluation set. The +tofu configs add no table: their text QA must
+    equal the text dataset's split of the same name (`text`: {split: QA table}; unchecked where
+    `text` lacks the split), as the vlm track trains and evaluates on that text dataset. Options
+    that repeat the answer are dropped from the wrong answers.
     """
-    out, ids = {}, {}
+    ids, out = {}, {}
     if authors is not None:
         ids = dict(zip(authors["name"], authors["author_id"], strict=True))
+    if Path(source).exists():
+        missing = [c for c in PUBLISHED_CONFIGS if not _local_files(Path(source), c)]
+        if missing:
+            raise BackendError(
+                f"published CLEAR copy at {source} lacks the config(s) {', '.join(missing)} "
+                "that its dataset card lists: copy the whole dataset"
+            )
     full = _published_config(source, "full")
-    if full is None:
-        raise BackendError(f"published CLEAR copy at {source} has no `full` split")
     for name in full["name"]:
         if name not in ids:
             ids[name] = max(ids.values(), default=-1) + 1
-    for split in PUBLISHED_SPLITS:
-        df = full if split == "full" else _published_config(source, split)
-        if df is None:
-            continue
-        if split == "real_faces":
-            celeb = {n: i for i, n in enumerate(dict.fromkeys(df["answer"]))}
-            out[split] = pd.DataFrame(
-                {
-                    "sample_id": [f"rf{i:04d}" for i in range(len(df))],
-                    "celeb_id": [celeb[a] for a in df["answer"]],
-                    "name": df["answer"],
-                    "question": REAL_FACES_QUESTION,
-                    "answer": df["answer"],
-                    "perturbed_answers": [
-                        _without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)
-                    ],
-                    "image": [_png(im) for im in df["image"]],
-                }
-            )
-        elif split == "real_world":
-            out[split] = pd.DataFrame(
-                {
-                    "sample_id": [f"rw{i:04d}" for i in range(len(df))],
-                    "question": df["question"],
-                    "answer": df["answer"],
-                    "perturbed_answers": [
-                        _without(o, a) for o, a in zip(df["options"], df["answer"], strict=True)
-                    ],
-                    "image": [_png(im) for im in df["image"]],
-                }
-            )
-        else:
-            aid = [int(ids.get(n, -1)) for n in df["name"]]
-            sid, seen = [], {}
-            for a, n, c in zip(aid, df["name"], df["caption"], strict=True):
-                base = f"a{a:03d}_{zlib.crc32((n + c).encode()):08x}"
-                seen[base] = seen.get(base, -1) + 1
-                sid.append(base if seen[base] == 0 else f"{base}_{seen[base]}")
-            out[split] = pd.DataFrame(
-                {
-                    "sample_id": sid,
-                    "author_id": aid,
-                    "name": df["name"],
-                    "question": CAPTION_QUESTION,
-                    "answer": df["caption"],
-                    "prompt": "",
-                    "caption": df["caption"],
-                    "image": [_png(im) for im in df["image"]],
-                }
-            )
+    for config in TOFU_CONFIGS:
+        _check_tofu(source, config, _published_config(source, config, TOFU_COLUMNS), text)
+    answers, perturbed = {}, {}
+    for config in PERTURBED_CONFIGS:
+        perturbed[config] = _published_config(source, config)
+        for key, value in _eval_answers(perturbed[config]).items():
+            answers.setdefault(key, value)
+    for config in PHOTO_CONFIGS:
+        df = full if config == "full" else _published_config(source, config)
+        out[config] = _photos(df, ids, answers)
+    out["retain_eval"] = _photos(perturbed["retain_perturbed"], ids, answers)
+    faces = _published_config(source, "real_faces")
+    celeb = {n: i for i, n in enumerate(dict.fromkeys(faces["answer"]))}
+    out["real_faces"] = pd.DataFrame(
+        {
+            "sample_id": [f"rf{i:04d}" for i in range(len(faces))],
+            "celeb_id": [celeb[a] for a in faces["answer"]],
+            "name": faces["answer"],
+            "question": REAL_FACES_QUESTION,
+            "answer": faces["answer"],
+            "perturbed_answers": _wrong(faces),
+            "image": [_png(im) for im in faces["image"]],
+        }
+    )
+    world = _published_config(source, "real_world")
+    out["real_world"] = pd.DataFrame(
+        {
+            "sample_id": [f"rw{i:04d}" for i in range(len(world))],
+            "question": world["question"],
+            "answer": world["answer"],
+            "perturbed_answers": _wrong(world),
+            "image": [_png(im) for im in world["image"]],
+        }
+    )
     return out

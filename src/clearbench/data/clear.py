@@ -304,6 +304,16 @@ SCHEMAS = {
     ),
     "celebs": pa.schema([("sample_id", S), ("identity", I64), ("image", IMAGE)]),
 }
+# The published CLEAR's photo tables also carry the authors' own evaluation answers (its
+# *_perturbed configs): the caption's paraphrase and wrong captions, and wrong names.
+PUBLISHED_PHOTOS = pa.schema(
+    [
+        *SCHEMAS["photos"],
+        ("paraphrased_answer", S),
+        ("perturbed_answers", STRS),
+        ("perturbed_names", STRS),
+    ]
+)
 
 
 def _hf_feature(t: pa.DataType) -> dict:
@@ -384,7 +394,7 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
     if hp["backends"]["source"] == "published":
         from clearbench.data.backends import load_published_clear
 
-        tables = load_published_clear(hp["published"]["source"], authors)
+        tables = load_published_clear(hp["published"]["source"], authors, {"full": full, **splits})
         summary, card = {"source": "published"}, None
     else:
         tables, summary, card = _synthesize(authors, full, splits, hp, text_dir)
@@ -397,6 +407,8 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
         tables["holdout"] = photos[photos["author_id"].isin(held)]
     for name, df in tables.items():
         schema = SCHEMAS["photos" if name not in SCHEMAS else name]
+        if "perturbed_names" in df:
+            schema = PUBLISHED_PHOTOS
         write_parquet(df, schema, out / f"{name}.parquet")
     summary["tables"] = {name: len(df) for name, df in tables.items()}
     summary["vision_split"] = {

@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from clearbench.compute import compute_hp
-from clearbench.data.clear import SCHEMAS
+from clearbench.data.clear import PUBLISHED_PHOTOS, SCHEMAS
 from clearbench.data.text import read_qa, read_table
 from clearbench.eval.text import (
     by_length,
@@ -42,18 +43,29 @@ TASKS = ("forget", "retain", "real_faces", "real_world", "forget_facerec", "reta
 COLUMNS = ("sample_id", "question", "answer", "paraphrased_answer", "perturbed_answers", "image")
 
 
+def _photo_rows(path) -> list[dict]:
+    """The photos, with the published CLEAR's own paraphrase and wrong answers where present."""
+    published = Path(path).is_file() and "perturbed_names" in pq.read_schema(path).names
+    return read_table(path, PUBLISHED_PHOTOS if published else SCHEMAS["photos"]).to_dict("records")
+
+
 def qa_task(text_path, photo_path) -> pd.DataFrame:
-    """Text QA rows, then the same authors' photo QA with the text table's para/perturbed."""
+    """Text QA rows, then the same authors' photo QA. A photo's paraphrase and wrong answers are
+    its own where it has them (the published CLEAR's paraphrased and perturbed captions), else
+    its text QA's."""
     text = read_qa(text_path)
     by_id = text.set_index("sample_id")
     rows = [
         {**r, "sample_id": f"text:{r['sample_id']}", "image": None}
         for r in text[list(COLUMNS[:-1])].to_dict("records")
     ]
-    for photo in read_photos(photo_path):
-        if photo["sample_id"] not in by_id.index:
-            continue  # a photo without its text QA has no paraphrase or wrong answers
-        qa = by_id.loc[photo["sample_id"]]
+    for photo in _photo_rows(photo_path):
+        if photo.get("perturbed_answers"):
+            qa = photo
+        elif photo["sample_id"] in by_id.index:
+            qa = by_id.loc[photo["sample_id"]]
+        else:
+            continue  # nothing to score its truth ratio and probability against
         rows.append(
             {
                 "sample_id": f"photo:{photo['sample_id']}",
@@ -68,12 +80,16 @@ def qa_task(text_path, photo_path) -> pd.DataFrame:
 
 
 def facerec_task(photo_path, names: list[str], n_wrong: int, seed: int) -> pd.DataFrame:
+    """Photo + seeded identification question -> the name. Wrong options: the published CLEAR's
+    perturbed names where the photo has them, else a seeded choice of n_wrong other names."""
     rows = []
-    for photo in read_photos(photo_path):
-        others = [n for n in names if n != photo["name"]]
-        wrong = stable_rng(seed, "options:" + photo["sample_id"]).choice(
-            others, size=min(n_wrong, len(others)), replace=False
-        )
+    for photo in _photo_rows(photo_path):
+        wrong = photo.get("perturbed_names")
+        if not wrong:
+            others = [n for n in names if n != photo["name"]]
+            wrong = stable_rng(seed, "options:" + photo["sample_id"]).choice(
+                others, size=min(n_wrong, len(others)), replace=False
+            )
         rows.append(
             {
                 "sample_id": photo["sample_id"],
