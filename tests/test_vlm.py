@@ -319,3 +319,29 @@ def test_vlm_dpo_runs_against_its_reference_per_modality(
         track = vlm_track(str(clear_data), str(text_data), "forget10", modality, hp)
         result = unlearn(str(vlm_original), str(tmp_path / modality), hp, track, str(ref))
         assert result["status"] == "ok", modality
+
+
+def test_vlm_bfloat16_unlearns_and_evaluates_with_float32_losses(
+    vlm_original, clear_data, text_data, tmp_path
+):
+    """The paper's precision on the LLaVA path: a bfloat16 base (pixels follow its dtype), a
+    float32 adapter, finite losses, and an evaluation table close to the float32 one."""
+    from clearbench.compute import CPU
+    from clearbench.unlearn.run import unlearn, vlm_track
+
+    bf16 = {"compute": CPU | {"dtype": "bfloat16"}}
+    hp = unlearn_hp("scrub") | bf16
+    track = vlm_track(str(clear_data), str(text_data), "forget10", "both", hp)
+    out = tmp_path / "scrub"
+    assert unlearn(str(vlm_original), str(out), hp, track)["status"] == "ok"
+    losses = pd.read_csv(out / "losses.csv")
+    assert np.isfinite(losses["loss"]).all() and len(losses) > 0
+    tables = []
+    for name, extra in (("bf16", bf16), ("fp32", {})):
+        path = tmp_path / f"{name}.parquet"
+        evaluate_vlm(str(out), str(clear_data), str(text_data), "forget10", str(path),
+                     EVAL | extra)  # fmt: skip
+        tables.append(pd.read_parquet(path))
+    low, high = tables
+    assert np.isfinite(low["gt_loss"]).all()
+    assert np.allclose(low["gt_loss"], high["gt_loss"], rtol=0.05, atol=0.05)
