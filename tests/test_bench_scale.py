@@ -9,6 +9,7 @@ import pytest
 
 from clearbench.cli import main
 from clearbench.report import bench_scale as B
+from clearbench.report import gpu_hours as G
 
 CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "vision_score", "vision_report",
              "all"}  # fmt: skip
@@ -16,7 +17,7 @@ CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "vision_score"
 
 @pytest.fixture(scope="module")
 def paper():
-    return B.load_config(B.ROOT / B.DEFAULT_CONFIG)
+    return G.load_config(G.ROOT / G.DEFAULT_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,12 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_measures_every_unit_the_paper_dag_needs(tiny_run, paper):
     got = {m["key"]: m for m in tiny_run["measurements"]}
-    lm, vis = B.lm_keys(paper), B.vision_keys(paper)
+    lm, vis = G.lm_keys(paper), G.vision_keys(paper)
     want = {
-        B.key(t, op, b) for t in lm for b in lm[t]["eval"] for op in ("score", "prefill", "token")
+        G.key(t, op, b) for t in lm for b in lm[t]["eval"] for op in ("score", "prefill", "token")
     }
-    want |= {B.key(t, op, b) for t in lm for b in lm[t]["train"] for op in ("train", "frozen")}
-    want |= {B.key("vision", op, f"{m}x{b}") for op in vis for m, b in vis[op]}
+    want |= {G.key(t, op, b) for t in lm for b in lm[t]["train"] for op in ("train", "frozen")}
+    want |= {G.key("vision", op, f"{m}x{b}") for op in vis for m, b in vis[op]}
     assert set(got) == want
     for m in got.values():
         assert math.isfinite(m["seconds"]) and m["seconds"] > 0, m
@@ -56,14 +57,14 @@ def test_tiny_run_estimates_every_gpu_job_and_says_it_is_not_gpu_hours(tiny_run)
 
 def test_estimate_sums_units_times_seconds():
     work = [
-        B.Work("text_unlearn", {"text.train@4": 100, "text.frozen@4": 50}, 100),
-        B.Work("vision_train", {"vision.train@32x256": 160, "vision.embed@32x256": 15}, 160),
-        B.Work("text_unlearn", {"text.train@4": 100, "text.frozen@4": 50}, 100),
-        B.Work("text_base", note="the checkpoint is the base: nothing trained"),
+        G.Work("text_unlearn", {"text.train@4": 100, "text.frozen@4": 50}, 100),
+        G.Work("vision_train", {"vision.train@32x256": 160, "vision.embed@32x256": 15}, 160),
+        G.Work("text_unlearn", {"text.train@4": 100, "text.frozen@4": 50}, 100),
+        G.Work("text_base", note="the checkpoint is the base: nothing trained"),
     ]
     seconds = {"text.train@4": 0.5, "text.frozen@4": 0.2, "vision.train@32x256": 1.0,
                "vision.embed@32x256": 0.4}  # fmt: skip
-    rows = {r.kind: r for r in B.estimate(work, seconds)}
+    rows = {r.kind: r for r in G.estimate(work, seconds)}
     assert list(rows) == ["text_base", "text_unlearn", "vision_train"]  # PLANNERS' order
     assert rows["text_unlearn"].jobs == 2 and rows["text_unlearn"].steps == 200
     assert rows["text_unlearn"].seconds == pytest.approx(2 * (100 * 0.5 + 50 * 0.2))  # 120 s
@@ -72,13 +73,13 @@ def test_estimate_sums_units_times_seconds():
     assert rows["text_base"].hours == 0 and rows["text_base"].notes
     assert sum(r.hours for r in rows.values()) == pytest.approx(286 / 3600)
     # a unit that could not be measured (out of memory) adds nothing and is named
-    (row,) = B.estimate([B.Work("vlm_unlearn", {"vlm.train@2": 3, "text.train@4": 2}, 3)], seconds)
+    (row,) = G.estimate([G.Work("vlm_unlearn", {"vlm.train@2": 3, "text.train@4": 2}, 3)], seconds)
     assert row.seconds == pytest.approx(1.0) and row.missing == ["vlm.train@2"]
 
 
 def test_plan_follows_the_paper_sizes(paper):
     def plan(rule, **wildcards):
-        return B.plan_job(rule, wildcards, paper)
+        return G.plan_job(rule, wildcards, paper)
 
     # TOFU 4000 QA, 5 epochs at batch 4
     assert plan("text_original").units == {"text.train@4": 5000}
@@ -114,8 +115,8 @@ rule text_eval:
 localrule all:
     input: results/leaderboard.csv
 """
-    jobs = B.parse_dry_run(text)
-    assert [(j.rule, j.wildcards) for j in jobs] == [
+    jobs = G.parse_dry_run(text)
+    assert jobs == [
         ("text_eval", {"split": "forget01", "model": "original"}),
         ("all", {}),
     ]
