@@ -17,6 +17,7 @@ from clearbench.data import backends as B
 from clearbench.data import clear as C
 from clearbench.data import faces as F
 from clearbench.data import scenes
+from clearbench.data.outputs import REPORT_FILES, output_tables
 from clearbench.data.text import DataError, build_text_dataset, read_authors, read_qa
 
 FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
@@ -608,3 +609,107 @@ def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch
     with pytest.raises(B.BackendError) as e:
         B.load_published_clear("nobody-here/no-such-clear")
     assert re.search(r"cannot load nobody-here/no-such-clear/full", one_line(e))
+
+
+# the tables `clear_data` declares for synthesized data, in its order (unchanged by the
+# published source's own list)
+SYNTHESIZED_TABLES = [
+    *("faces", "full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world"),
+    *("celebs", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90"),
+]
+
+
+def test_a_synthesized_build_writes_exactly_the_declared_tables(built):
+    root, _ = built
+    assert output_tables("synthesize", FRACTIONS) == SYNTHESIZED_TABLES
+    assert {p.stem for p in (root / "a").glob("*.parquet")} == set(SYNTHESIZED_TABLES)
+    assert output_tables("published", FRACTIONS) == SYNTHESIZED_TABLES[1:]
+    for name in REPORT_FILES:
+        assert (root / "a" / name).stat().st_size > 1000, name
+    assert C.resolve_hp({})["backends"]["celebs"] == "parametric"
+    with pytest.raises(C.ClearDataError, match=r"backends\.celebs='photomaker'"):
+        C.resolve_hp({"backends": {"celebs": "photomaker"}})
+
+
+class FakeGAN:
+    """A StyleGAN2Generator stand-in: 16x16 images whose colour is the latent's first values."""
+
+    z_dim = 6
+
+    def __init__(self, network_pkl, trust_pickle=False, stylegan_dir=None):
+        assert trust_pickle
+        self.restyled = []
+
+    @staticmethod
+    def _img(z):
+        rgb = (np.tanh(np.asarray(z)[:3]) * 127 + 128).astype(np.uint8)
+        return np.broadcast_to(rgb, (16, 16, 3)).copy()
+
+    def generate(self, z):
+        return self._img(z)
+
+    def quality(self, img):
+        return float(img.mean())
+
+    def restyle(self, z, z_style):
+        self.restyled.append(np.asarray(z).copy())
+        out = self._img(z)
+        out[8:] = self._img(z_style)[8:]  # the identity's upper half, other "lighting"
+        return out
+
+
+def test_stylegan_celebs_are_n_identities_of_k_restyled_images(monkeypatch):
+    with pytest.raises(B.BackendError) as e:
+        B.StyleGANCelebs(32)
+    assert "stylegan2.network_pkl" in one_line(e)
+    monkeypatch.setattr(B, "StyleGAN2Generator", FakeGAN)
+    hp = C.resolve_hp(
+        {
+            "backends": {"celebs": "stylegan2"},
+            "stylegan2": {"network_pkl": "ffhq.pkl", "trust_pickle": True, "age_direction": "x"},
+            "n_celebs": 3,
+            "celeb_images": 4,
+            "pool_batch": 5,
+            "pool_keep": 2,
+            "image_size": 32,
+            "progress": False,
+        }
+    )
+    celebs = C._celebs(hp)
+    assert celebs["identity"].tolist() == [i for i in range(3) for _ in range(4)]
+    images = [C.decode(im) for im in celebs["image"]]
+    assert {im.shape for im in images} == {(32, 32, 3)}  # resized to image_size
+    for i in range(3):  # one identity: the same upper half, the restyled lower half varies
+        own = images[4 * i : 4 * i + 4]
+        assert all(np.array_equal(own[0][:8], im[:8]) for im in own)  # Lanczos: away from 16
+        assert len({im[24:].tobytes() for im in own}) > 1
+    again = C._celebs(hp)
+    assert [i["bytes"] for i in again["image"]] == [i["bytes"] for i in celebs["image"]]
+    # the identities are the pool's: the best 2 of each batch of 5 by the (fake) D
+    z, _ = B.stylegan_pool(FakeGAN("x", True), 3, C._seed(0, 9), 5, 2)
+    for i in range(3):
+        assert np.array_equal(images[4 * i][0, 0], FakeGAN._img(z[i])[0, 0])
+
+
+def test_restyle_keeps_the_identity_styles_and_mixes_the_fine_ones():
+    """StyleGAN2Generator.restyle on a stand-in network: w layers < FINE_STYLES from z, the
+    rest from z_style (G.mapping, then G.synthesis of the mixed w)."""
+
+    class G:
+        num_ws, c_dim = 14, 0
+
+        def mapping(self, z, c, truncation_psi=1.0):
+            return z[:, :1, None].repeat(1, self.num_ws, 4)  # every layer's w = z[0]
+
+        def synthesis(self, w, noise_mode="const"):
+            assert noise_mode == "const"
+            self.w = w
+            return torch.zeros(len(w), 3, 8, 8)
+
+    gan = object.__new__(B.StyleGAN2Generator)
+    gan.torch, gan.device, gan.psi, gan.G = torch, "cpu", 1.0, G()
+    img = gan.restyle(np.full(4, 0.5), np.full(4, -0.25))
+    assert img.shape == (8, 8, 3) and img.dtype == np.uint8
+    w = gan.G.w[0, :, 0].tolist()
+    k = B.FINE_STYLES
+    assert w == [0.5] * k + [-0.25] * (G.num_ws - k)

@@ -5,20 +5,27 @@ config its dataset card lists, gives every task of the vlm evaluation contract (
 from __future__ import annotations
 
 import io
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from clearbench.data import backends as B
 from clearbench.data import clear as C
+from clearbench.data.outputs import REPORT_FILES, output_tables
 from clearbench.data.text import build_text_dataset, read_qa
 from clearbench.eval.vlm import TASKS, task_tables
 
+ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 SPLITS = ["full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99"]
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -226,3 +233,73 @@ def test_the_hub_path_reads_the_same_configs(copy, text_dir, tmp_path, monkeypat
     assert sorted(asked) == sorted(B.PUBLISHED_CONFIGS)
     for name, df in local.items():
         pd.testing.assert_frame_equal(hub[name], df, check_dtype=False)
+
+
+def test_the_paper_profile_clear_data_job_writes_every_declared_output(copy, text_dir, tmp_path):
+    """`clear_data` under config/paper.yaml (source: published), run by Snakemake on a local
+    copy: the job completes (Snakemake checks every declared output), the declared outputs are
+    the tables minus the face pool, and celebs.parquet is n_celebs x celeb_images synthesized
+    images."""
+    (tmp_path / "data").mkdir()
+    shutil.copytree(text_dir, tmp_path / "data" / "text")
+    overlay = {
+        "data": {
+            "clear": {"published": {"source": str(copy)}, "n_celebs": 3, "celeb_images": 2},
+        },
+        "compute": {"device": "cpu"},  # only the start-up device check reads it: no GPU here
+    }
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "-s", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(ROOT / "config" / "paper.yaml"),
+         str(tmp_path / "overlay.yaml"), "--allowed-rules", "clear_data", "--",
+         "data/clear/data_card.md"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    job = (run.stdout + run.stderr).split("rule clear_data:", 1)[1]
+    declared = re.search(r"^\s+output: (.*)$", job, re.M).group(1).split(", ")
+    assert "data/clear/faces.parquet" not in declared  # no face pool is published
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    fractions = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["forget_fractions"]
+    tables = ["full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world"]
+    tables += ["celebs", *fractions, *(f"retain{100 - int(s[6:]):02d}" for s in fractions)]
+    expected = [f"data/clear/{t}.parquet" for t in tables]
+    assert declared == [*expected, "data/clear/data_card.md", "data/clear/data_card.png"]
+    for path in declared:
+        assert (tmp_path / path).stat().st_size > 0, path
+    assert paper["data"]["clear"]["backends"]["celebs"] == "parametric"
+    celebs = pd.read_parquet(tmp_path / "data" / "clear" / "celebs.parquet")
+    assert celebs["identity"].tolist() == [0, 0, 1, 1, 2, 2]
+    size = paper["data"]["clear"]["image_size"]  # drawn at the paper's vision.image_size
+    assert size == paper["vision"]["image_size"]
+    assert C.decode(celebs["image"][0]).shape == (size, size, 3)
+    card = (tmp_path / "data" / "clear" / "data_card.md").read_text()
+    assert "parametric faces backend: 3 identities x 2 images" in card
+
+
+def test_published_celebs_are_the_synthesized_ones(copy, text_dir, tmp_path):
+    """Published or synthesized, the celebs come from the same function and seeds."""
+    small = {"n_celebs": 4, "celeb_images": 3, "progress": False}
+    pub = {"backends": {"source": "published"}, "published": {"source": str(copy)}, **small}
+    C.build_clear_dataset(text_dir, tmp_path / "pub", pub)
+    written = {p.stem for p in (tmp_path / "pub").glob("*.parquet")}
+    assert written == set(output_tables("published", B.PHOTO_CONFIGS[1:4]))
+    assert "faces" not in written
+    for name in REPORT_FILES:
+        assert (tmp_path / "pub" / name).stat().st_size > 500, name
+    expected = C._celebs(C.resolve_hp(small))
+    got = pd.read_parquet(tmp_path / "pub" / "celebs.parquet")
+    assert len(got) == 4 * 3 and got["identity"].nunique() == 4
+    assert got["sample_id"].tolist() == expected["sample_id"].tolist()
+    assert [i["bytes"] for i in got["image"]] == [i["bytes"] for i in expected["image"]]
+
+
+def test_a_forget_split_the_published_clear_lacks_is_one_line(copy, text_dir, tmp_path):
+    text = tmp_path / "text"
+    shutil.copytree(text_dir, text)
+    shutil.copy(text / "forget10.parquet", text / "forget20.parquet")  # data.forget_fractions
+    hp = {"backends": {"source": "published"}, "published": {"source": str(copy)}}
+    with pytest.raises(C.ClearDataError) as e:
+        C.build_clear_dataset(text, tmp_path / "out", {**hp, "progress": False})
+    assert "no forget20 (it has forget01, forget05, forget10)" in one_line(e)

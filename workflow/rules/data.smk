@@ -1,3 +1,6 @@
+from clearbench.data.outputs import REPORT_FILES as CLEAR_REPORT_FILES
+from clearbench.data.outputs import output_tables as clear_output_tables
+
 TEXT_DATA = "data/text"
 TEXT_TABLES = (
     ["authors", "full", "retain_eval", "real_authors", "world_facts", "background"]
@@ -29,20 +32,18 @@ rule text_data:
 
 
 CLEAR_DATA = "data/clear"
-CLEAR_TABLES = (
-    ["faces", "full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world", "celebs"]
-    + list(FRACTIONS)
-    + [retain_of(s) for s in FRACTIONS]
-)
+# what the builder writes for this source: the published dataset has no face pool (faces), and
+# its celebs are synthesized (backends.celebs) as the paper's Celebs set was not published
+CLEAR_TABLES = clear_output_tables(config["data"]["clear"]["backends"]["source"], FRACTIONS)
 CLEAR_OUTPUTS = expand("{d}/{t}.parquet", d=CLEAR_DATA, t=CLEAR_TABLES) + [
-    f"{CLEAR_DATA}/data_card.md",
-    f"{CLEAR_DATA}/data_card.png",
+    f"{CLEAR_DATA}/{name}" for name in CLEAR_REPORT_FILES
 ]
 
 
 rule clear_data:
     """Face pool -> attributes -> author/face matching -> age edit -> personalized photos (best
-    of N) -> captions -> splits, contact sheets and data card (DESIGN section 4)."""
+    of N) -> captions -> splits, contact sheets and data card (DESIGN section 4); or the
+    published CLEAR mapped to the same tables, plus synthesized celebs."""
     input:
         text=expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
         code=src("data/clear", "data/scenes", "data/faces", "data/backends"),

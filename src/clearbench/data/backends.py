@@ -1,6 +1,8 @@
 """Real backends of the `paper` profile. Every import is lazy; a missing piece fails with one line.
 
 - `StyleGAN2Generator`: NVIDIA's StyleGAN2-ADA network pickle (G_ema + D), the paper's face pool.
+- `StyleGANCelebs`: identities for the vision track's pretraining from that network
+  (`backends.celebs: stylegan2`), several images of each.
 - `PhotoMakerBackend`: PhotoMaker V2 on SDXL, the paper's personalized photos; its
   `generator(face_images)` gives the generate(prompt, seed) that `clear.best_of_n` ranks.
 - `DiffusersGenerator`: that generate(prompt, seed) for any diffusers text-to-image pipeline.
@@ -57,6 +59,11 @@ def to_uint8(img) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ StyleGAN2
+
+
+# The first fine style of a StyleGAN2-ADA synthesis network: its w are used by the 4x4 conv (0),
+# the 8x8, 16x16 and 32x32 convs (1-6), then the 32x32 toRGB and the 64x64 block (7) and up.
+FINE_STYLES = 7
 
 
 class StyleGAN2Generator:
@@ -124,6 +131,36 @@ class StyleGAN2Generator:
         d = np.asarray(direction, dtype=np.float64).ravel()
         return np.asarray(z, dtype=np.float64) + strength * d / np.linalg.norm(d)
 
+    def restyle(self, z, z_style, first=FINE_STYLES) -> np.ndarray:
+        """z's image with its styles (w) from layer `first` on taken from z_style.
+
+        Style mixing (Karras et al., 2019): the coarse (4x4, 8x8) styles set pose and face shape,
+        the middle (16x16, 32x32) the facial features, the fine (64x64 and up) colour, lighting
+        and microstructure. From FINE_STYLES on, z keeps its face and takes z_style's colours.
+        """
+        torch = self.torch
+        with torch.no_grad():
+            zz = torch.as_tensor(np.stack([z, z_style]), dtype=torch.float32, device=self.device)
+            ws = self.G.mapping(zz, self._label(2), truncation_psi=self.psi)
+            w = ws[:1].clone()
+            w[:, first:] = ws[1:, first:]
+            img = self.G.synthesis(w, noise_mode="const")
+            img = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        return img[0].cpu().numpy()
+
+
+def stylegan_pool(gan, n, seed, batch, keep):
+    """n latents and their images: draw `batch`, keep the `keep` best by D's logit; repeat."""
+    rng, z, imgs = np.random.default_rng(seed), [], []
+    while len(z) < n:
+        draws = rng.standard_normal((batch, gan.z_dim))
+        renders = [gan.generate(d) for d in draws]
+        quality = np.array([gan.quality(im) for im in renders])
+        for i in np.argsort(-quality, kind="stable")[:keep]:
+            z.append(draws[i])
+            imgs.append(renders[i])
+    return np.stack(z[:n]), imgs[:n]
+
 
 class StyleGANFaces:
     """The paper's face source for `clear.build_clear_dataset`: a StyleGAN2-ADA pool filtered by
@@ -153,15 +190,7 @@ class StyleGANFaces:
         self.age, self.glasses = np.load(age_direction), np.load(glasses_direction)
 
     def pool(self, n, seed, batch, keep):
-        rng, z, imgs = np.random.default_rng(seed), [], []
-        while len(z) < n:
-            draws = rng.standard_normal((batch, self.gan.z_dim))
-            renders = [self.gan.generate(d) for d in draws]
-            quality = np.array([self.gan.quality(im) for im in renders])
-            for i in np.argsort(-quality, kind="stable")[:keep]:
-                z.append(draws[i])
-                imgs.append(renders[i])
-        return np.stack(z[:n]), imgs[:n]
+        return stylegan_pool(self.gan, n, seed, batch, keep)
 
     def edit(self, z, age_strength, glasses_strength):
         return self.gan.edit(
@@ -175,6 +204,40 @@ class StyleGANFaces:
 
     def portrait(self, z):
         return self.gan.generate(z)
+
+
+class StyleGANCelebs:
+    """The vision track's pretraining identities from a StyleGAN2-ADA network
+    (`backends.celebs: stylegan2`), standing in for the paper's Celebs photos (not published).
+
+    Identities: the pool as `StyleGANFaces` draws it (best `keep` of each `batch` by D).
+    Images of one identity: `restyle` with a seeded draw per image (the same pose, face and
+    features, other colours and lighting: less varied than photos of a real person), resized to
+    `size` x `size` (Lanczos). The stylegan2 section's age and glasses directions are unused.
+    """
+
+    def __init__(self, size, network_pkl=None, trust_pickle=False, stylegan_dir=None, **_):
+        if not network_pkl:
+            raise BackendError(
+                "backends.celebs=stylegan2 needs stylegan2.network_pkl (a network pickle)"
+            )
+        self.gan = StyleGAN2Generator(network_pkl, trust_pickle, stylegan_dir)
+        self.size = size
+
+    def _resize(self, img) -> np.ndarray:
+        from PIL import Image
+
+        im = Image.fromarray(to_uint8(img))
+        if im.size != (self.size, self.size):
+            im = im.resize((self.size, self.size), Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8)
+
+    def identities(self, n, k, seed, image_seed, batch, keep):
+        """n identities, each a list of k images; image_seed(i) seeds identity i's restyles."""
+        z, _ = stylegan_pool(self.gan, n, seed, batch, keep)
+        for i, zi in enumerate(z):
+            styles = np.random.default_rng(image_seed(i)).standard_normal((k, self.gan.z_dim))
+            yield [self._resize(self.gan.restyle(zi, s)) for s in styles]
 
 
 # ---------------------------------------------------------------------------- diffusion

@@ -20,9 +20,17 @@
 
 Holdout for the vision track (paper App. E, DESIGN section 8): F = the authors of the largest
 forget split, H = a seeded choice of as many other authors; vision_split.parquet gives every
-author's role. real_faces, celebs and real_world are procedural in both profiles of this builder
-(the paper used MillionCelebs, a Celebs set and RealWorldQA: `load_published_clear` maps the
-authors' real_faces and real_world instead).
+author's role. real_faces and real_world are procedural here (the paper used MillionCelebs and
+RealWorldQA; with backends.source=published `load_published_clear` maps the authors' own).
+
+celebs, the vision track's pretraining identities, are synthesized with either source: the
+paper's Celebs set was not published. `backends.celebs` picks the faces backend (parametric,
+or stylegan2 from the stylegan2 section's network): n_celebs identities x celeb_images images.
+
+`data.outputs.output_tables(source)` names the tables a build writes: the published dataset has no face
+pool, so faces.parquet is synthesized data only. Both sources write data_card.md and
+data_card.png (synthesized: author and face attribute plots; published: the tables' row counts,
+photos per author and a sample of the photos).
 """
 
 from __future__ import annotations
@@ -65,7 +73,13 @@ DEFAULTS = {
     "n_celebs": 100,
     "celeb_images": 10,
     "n_options": 3,
-    "backends": {"faces": "parametric", "photos": "scenes", "source": "synthesize"},
+    # celebs: the faces backend of the vision track's pretraining identities, in both sources
+    "backends": {
+        "faces": "parametric",
+        "photos": "scenes",
+        "source": "synthesize",
+        "celebs": "parametric",
+    },
     "stylegan2": {
         "network_pkl": None,
         "trust_pickle": False,
@@ -89,6 +103,7 @@ BACKENDS = {
     "faces": ("parametric", "stylegan2"),
     "photos": ("scenes", "photomaker"),
     "source": ("synthesize", "published"),
+    "celebs": ("parametric", "stylegan2"),
 }
 REAL_FACES_QUESTION = "Who is the person in the image?"
 OLD_AFTER = 60  # paper: "old" if the person is older than 60
@@ -383,8 +398,9 @@ def vision_roles(author_ids, forget_ids, seed) -> dict:
 def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
     """Write the CLEAR visual tables, contact sheets and data card into out_dir; return a summary.
 
-    Tables: faces, full, forgetXX/retainYY (+ retain_eval) with the text splits' sample ids,
-    holdout, vision_split, real_faces, real_world, celebs (.parquet). hp: see DEFAULTS.
+    Tables: faces (synthesized data only), full, forgetXX/retainYY (+ retain_eval) with the text
+    splits' sample ids, holdout, vision_split, real_faces, real_world, celebs (.parquet); then
+    data_card.md and data_card.png (data.outputs). hp: see DEFAULTS.
     """
     hp = resolve_hp(hp)
     text_dir, out = Path(text_dir), Path(out_dir)
@@ -395,7 +411,22 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
         from clearbench.data.backends import load_published_clear
 
         tables = load_published_clear(hp["published"]["source"], authors, {"full": full, **splits})
+        lacking = sorted(set(splits) - set(tables))
+        if lacking:  # the clear_data rule declares one table per text split
+            forgets = ", ".join(n for n in tables if re.fullmatch(r"forget\d\d", n))
+            raise ClearDataError(
+                f"data.forget_fractions: the published CLEAR has no {lacking[0]} (it has {forgets})"
+            )
+        t1 = time.perf_counter()
+        tables["celebs"] = _celebs(hp)
         summary, card = {"source": "published"}, None
+        summary["celebs"] = {
+            "backend": hp["backends"]["celebs"],
+            "identities": hp["n_celebs"],
+            "images_per_identity": hp["celeb_images"],
+            "image_size": hp["image_size"],
+        }
+        summary["timings_s"] = {"celebs": round(time.perf_counter() - t1, 2)}
     else:
         tables, summary, card = _synthesize(authors, full, splits, hp, text_dir)
     largest = max((n for n in splits if n.startswith("forget")), key=lambda n: int(n[6:]))
@@ -649,18 +680,26 @@ def _real_faces(hp, taken):
 
 
 def _celebs(hp):
-    """The vision track's biometric pretraining identities (the paper's Celebs)."""
-    n, k, seed = hp["n_celebs"], hp["celeb_images"], hp["seed"]
+    """The vision track's biometric pretraining identities (the paper's Celebs, not published):
+    n_celebs identities x celeb_images images at image_size, from the backends.celebs faces."""
+    n, k, seed, size = hp["n_celebs"], hp["celeb_images"], hp["seed"], hp["image_size"]
     if n == 0:
         return pd.DataFrame(columns=SCHEMAS["celebs"].names)
-    z, _ = F.sample_face_pool(
-        n, _seed(seed, 9), batch=hp["pool_batch"], keep=hp["pool_keep"], size=hp["image_size"]
-    )
+    batch, keep = hp["pool_batch"], hp["pool_keep"]
+    if hp["backends"]["celebs"] == "parametric":
+        z, _ = F.sample_face_pool(n, _seed(seed, 9), batch=batch, keep=keep, size=size)
+        identities = (
+            F.render_identity_images(zi, k, _seed(seed, 10, i), size) for i, zi in enumerate(z)
+        )
+    else:
+        from clearbench.data.backends import StyleGANCelebs
+
+        identities = StyleGANCelebs(size, **hp["stylegan2"]).identities(
+            n, k, _seed(seed, 9), lambda i: _seed(seed, 10, i), batch, keep
+        )
     rows = []
-    for i, zi in enumerate(tqdm(z, "celebs", disable=not hp["progress"])):
-        for j, img in enumerate(
-            F.render_identity_images(zi, k, _seed(seed, 10, i), hp["image_size"])
-        ):
+    for i, images in enumerate(tqdm(identities, "celebs", total=n, disable=not hp["progress"])):
+        for j, img in enumerate(images):
             rows.append(
                 {
                     "sample_id": f"cb{i:04d}_{j:02d}",
@@ -734,7 +773,8 @@ def _sheet_items(df, heading, text):
 
 
 def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
-    """Contact sheets per split, data_card.md and (synthesized data) data_card.png."""
+    """Contact sheets per split, data_card.md and data_card.png (card: the synthesized data's
+    attributes; None for published data, whose plot shows its tables and photos instead)."""
     sheets = []
     photo_text = (lambda r: r["name"], lambda r: r["caption"])
     if "faces" in tables:
@@ -789,7 +829,9 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
             written.append(path.name)
     if card:
         _card_plot(card, out / "data_card.png")
-    _card_md(out / "data_card.md", summary, written, card is not None)
+    else:
+        _published_card_plot(tables, out / "data_card.png")
+    _card_md(out / "data_card.md", summary, written, True)
 
 
 def _card_plot(card, path):
@@ -820,6 +862,39 @@ def _card_plot(card, path):
         a.set_xticks(x, cats, rotation=20 if key == "ethnicity" else 0, fontsize=8)
         a.set(title=f"{key}: authors vs their matched faces", ylabel="count")
         a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _published_card_plot(tables, path, n_photos=16, tile=96):
+    """Rows per table, photos per author, and the first photo of the first n_photos authors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = sorted(tables)
+    ax[0].barh(names, [len(tables[n]) for n in names], color="tab:blue")
+    ax[0].set(title="rows per table", xscale="log", xlabel="rows")
+    ax[0].tick_params(axis="y", labelsize=8)
+    full = tables.get("full", pd.DataFrame(columns=["author_id", "image"]))
+    per_author = full.groupby("author_id").size()
+    ax[1].hist(per_author, bins=20, color="tab:green")
+    ax[1].set(
+        title=f"photos per author ({len(per_author)} authors)", xlabel="photos", ylabel="authors"
+    )
+    first = full.drop_duplicates("author_id").head(n_photos)
+    side = math.ceil(math.sqrt(max(len(first), 1)))
+    grid = np.full((side * tile, side * tile, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(first["image"]):
+        im = Image.fromarray(decode(image)).resize((tile, tile), Image.Resampling.LANCZOS)
+        r, c = divmod(i, side)
+        grid[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = np.asarray(im)
+    ax[2].imshow(grid)
+    ax[2].set(title=f"one photo of each of the first {len(first)} authors")
+    ax[2].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
@@ -861,6 +936,16 @@ def _card_md(path, summary, sheets, has_plot):
                 f"- candidates drawn with a generator defect: {r['candidates_defective']:.1%}; "
                 f"chosen photos with one: {r['chosen_defective']:.1%}"
             ]
+    if "celebs" in summary:
+        c = summary["celebs"]
+        lines += [
+            "",
+            "## Celebs (vision pretraining identities)",
+            "",
+            f"- synthesized with the {c['backend']} faces backend: {c['identities']} identities x "
+            f"{c['images_per_identity']} images, {c['image_size']} px; a stand-in for the "
+            "paper's Celebs set, which was not published",
+        ]
     v = summary["vision_split"]
     lines += [
         "",

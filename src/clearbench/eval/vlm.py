@@ -1,11 +1,15 @@
 """Per-sample evaluation of a VLM (DESIGN section 6): the six tasks of the vlm track.
 
 forget / retain      text QA and photo QA (photo + question) of the forget split's authors /
-                     of retain_eval; paraphrased and perturbed answers from the text table
+                     of retain_eval. Text QA: paraphrased and perturbed answers from the text
+                     table. Photo QA: the photo's own (the published CLEAR's paraphrased and
+                     perturbed captions) where it has them, else those of the text QA with its
+                     sample_id; a photo with neither is left out
 real_faces           face -> famous name, wrong names from the table
 real_world           visual questions, wrong answers from the table
 forget_facerec /     photo + seeded identification question -> the author's name; wrong
-retain_facerec       options: a seeded choice of other authors' names, as many as real_faces has
+retain_facerec       options: the photo's published perturbed names where it has them, else a
+                     seeded choice of other authors' names, as many as real_faces has
 
 Every image sample is scored and generated *with* its image; image tokens are never scored.
 """
