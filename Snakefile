@@ -16,6 +16,9 @@ envvars:
 # jobs call `python -m clearbench`: make that the interpreter running Snakemake (e.g. .venv's),
 # even when the environment was not activated
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# the same bytes from the same run: without it, set order differs per process (peft writes its
+# target_modules set into adapter_config.json in that order)
+os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 # anchored to the workflow, so `--directory elsewhere` still reads this project's parameters
@@ -49,3 +52,10 @@ rule all:
         "results/leaderboard.csv",
         CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
         VISION_OUTPUTS if VISION_ON else [],
+
+
+# last, once the parameters are known good: a run killed with its jobs leaves no stale lock
+if workflow.is_main_process:  # not the per-job processes of a cluster executor
+    from clearbench.resume import clear_stale_run
+
+    clear_stale_run()

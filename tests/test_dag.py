@@ -3,6 +3,7 @@ two install files agreeing."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,24 @@ def test_dry_run_every_profile(profile, tmp_path):
                     "--configfile", str(ROOT / profile), cwd=tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "leaderboard" in run.stdout
+
+
+def test_dry_run_tofu_on_a_local_copy(tmp_path):
+    """config/tofu.yaml names hub:locuslab/TOFU; a local copy is an overlay after it (as CI's
+    .ci/tofu-local.yaml), and its folder is checked before any job runs."""
+    tofu = Path(os.environ.get("CLEARBENCH_TOFU_DIR", ROOT.parent / "shared/data/tofu"))
+    if not (tofu / "full.json").is_file():
+        pytest.skip(f"TOFU files not found at {tofu} (set CLEARBENCH_TOFU_DIR)")
+    for name, folder in (("local", tofu), ("missing", tmp_path / "no_tofu_here")):
+        overlay = tmp_path / f"{name}.yaml"
+        overlay.write_text(yaml.safe_dump({"data": {"text": {"tofu_dir": str(folder)}}}))
+        run = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                        "--configfile", str(ROOT / "config/tofu.yaml"), str(overlay),
+                        cwd=tmp_path)  # fmt: skip
+        if name == "local":
+            assert run.returncode == 0, run.stderr[-2000:]
+        else:
+            assert run.returncode != 0 and f"TOFU folder not found: {folder}" in run.stderr
 
 
 def dvc_stages():

@@ -126,3 +126,33 @@ def test_vision_rows_rank_by_lira_closeness_among_methods_that_keep_retain(tmp_p
     assert board[board.track == "text"]["rank"].isna().all()
     assert "u_lira" in (tmp_path / "tables/vision_forget10.md").read_text()
     assert (tmp_path / "plots/vision_forget10.png").stat().st_size > 1000
+
+
+def test_a_diverged_method_leaves_the_other_rows_unchanged(tmp_path):
+    def board(folder, diverged):
+        entries = [
+            write(folder, "original", 0.8, 0.9, 0.9, fq=-5),
+            write(folder, "gold", 0.8, 0.9, 0.2, fq=0.0),
+            write(folder, "gd-nol1-text", 0.7, 0.8, 0.4, fq=-2.0),
+            write(folder, "npo-nol1-text", 0.7, 0.8, 0.6, fq=-1.0),
+            write(folder, "ga-nol1-text", 0.7, 0.8, 0.3, fq=-0.5),  # the best, unless diverged
+        ]
+        if diverged:  # what unlearn writes for a huge learning rate: metrics of a NaN model
+            m, d = entries[-1]
+            Path(m).write_text(json.dumps({"real": None, "retain": None, "forget": None}))
+            Path(d, "model.json").write_text(json.dumps({"status": "diverged", "rte_seconds": 1}))
+        out = folder / "leaderboard.csv"
+        build_leaderboard([m for m, _ in entries], [d for _, d in entries], str(out),
+                          str(folder / "tables"), str(folder / "plots"),
+                          {"retain_drop": 0.5, "real_drop": 0.5})  # fmt: skip
+        return pd.read_csv(out).set_index("method")
+
+    clean, bad = board(tmp_path / "clean", False), board(tmp_path / "bad", True)
+    assert clean.loc["ga", "rank"] == 1 and bad.loc["ga", "status"] == "diverged"
+    assert pd.isna(bad.loc["ga", "rank"]) and pd.isna(bad.loc["ga", "rank_paper"])
+    others = ["original", "gold", "gd", "npo"]
+    cols = [c for c in COLUMNS if c not in ("method", "rank", "rank_paper")]
+    pd.testing.assert_frame_equal(clean.loc[others, cols], bad.loc[others, cols])
+    # the others keep their order; only the diverged method's place is gone
+    assert list(bad.loc[["npo", "gd"], "rank"]) == [1, 2]
+    assert list(clean.loc[["npo", "gd"], "rank"]) == [2, 3]

@@ -195,7 +195,7 @@ def with_resources(phase: str | None, key: str | None, value) -> dict:
         ("eval", "runtime", 0, "compute.resources.eval.runtime: 0 is less than the minimum of 1"),
         ("base", "gpu", 0.5, "compute.resources.base.gpu: 0.5 is not of type 'integer'"),
         ("vision_train", None, None, "compute.resources: 'vision_train' is a required property"),
-        ("cpu", "runtime_min", 5, "compute.resources.cpu: Additional properties are not allowed"),
+        ("cpu", "runtime_min", 5, "compute.resources.cpu.runtime_min: unknown key (known: gpu,"),
     ],
 )
 def test_bad_resources_name_the_phase_and_key(phase, key, value, needle):

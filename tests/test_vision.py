@@ -354,6 +354,63 @@ def test_diverging_method_gives_status_and_no_rows(originals, data):
 # ---------------------------------------------------------------------------- report
 
 
+def synthetic_scores(n_models=8, n_samples=12, seed=0) -> pd.DataFrame:
+    """A scores table (no training): models 0..M/2-1 targets, the rest shadows; each model has
+    half the samples in forget (phi shifted up: exposed) and half in holdout, plus retain rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_models):
+        flip = rng.permutation(n_samples) % 2 == 0  # which samples this model trained on
+        for i in range(n_samples):
+            group = "forget" if flip[i] else "holdout"
+            rows.append(dict(model=k, role="target" if k < n_models // 2 else "shadow",
+                             group=group, identity=i // 2, sample_id=f"s{i:02d}",
+                             phi=rng.normal(1.5 if flip[i] else 0.0), correct=bool(flip[i])))  # fmt: skip
+            rows.append(dict(model=k, role="target" if k < n_models // 2 else "shadow",
+                             group="retain", identity=100 + i, sample_id=f"r{i:02d}",
+                             phi=rng.normal(), correct=True))  # fmt: skip
+    return pd.DataFrame(rows, columns=mia.COLUMNS)
+
+
+def test_one_diverged_model_of_m_does_not_drop_the_method(tmp_path):
+    from clearbench.report.leaderboard import build_leaderboard
+
+    full = synthetic_scores()
+    survivors = full[full["model"] != 1]  # model 1 (a target) diverged: no rows (score_models)
+    metas = [dict(model_ids=[0, 1, 2, 3], status=["ok", "diverged", "ok", "ok"], rte_seconds=1.0),
+             dict(model_ids=[4, 5, 6, 7], status=["ok"] * 4, rte_seconds=2.0)]  # fmt: skip
+    summary = report.summarize_family(metas, survivors)
+    assert summary["status"] == "ok" and summary["n_diverged"] == 1 and summary["rte_seconds"] == 3
+    assert summary["u_lira"] is not None and summary["u_lira"] == mia.score_mia(survivors)["u_lira"]
+    # the same model present with NaN phi (e.g. an external table): counted, not scored
+    nan = full.assign(phi=np.where(full["model"] == 1, np.nan, full["phi"]))
+    ok_metas = [dict(m, status=["ok"] * 4) for m in metas]
+    assert report.summarize_family(ok_metas, nan) == summary
+    table = report.table2({"m": nan}, None).iloc[0]
+    assert table["diverged_models"] == 1 and table["retain_acc"] == summary["retain_acc"]
+    # every target gone: nothing to attack, the family is diverged
+    no_targets = survivors[survivors["role"] == "shadow"]
+    dead = [dict(m, status=["diverged"] * 4) if i == 0 else m for i, m in enumerate(metas)]
+    lost = report.summarize_family(dead, no_targets)
+    assert lost["status"] == "diverged" and lost["n_diverged"] == 4
+    # the leaderboard ranks the method on its survivors and says how many diverged
+    paths = []
+    for family, (s, m) in {"original": (full, ok_metas), "gold": (full, ok_metas),
+                           "scrub": (survivors, metas), "neggrad": (no_targets, dead)}.items():  # fmt: skip
+        p = tmp_path / "results/vision" / family / "summary.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(report.summarize_family(m, s)))
+        paths.append(str(p))
+    out = tmp_path / "leaderboard.csv"
+    build_leaderboard([], [], str(out), str(tmp_path / "t"), str(tmp_path / "p"),
+                      {"retain_drop": 0.5}, paths, "forget10")  # fmt: skip
+    v = pd.read_csv(out).set_index("method")
+    assert v.loc["scrub", "status"] == "ok" and v.loc["scrub", "rank"] == 1
+    assert v.loc["scrub", "diverged_models"] == 1 and v.loc["gold", "diverged_models"] == 0
+    assert v.loc["neggrad", "status"] == "diverged" and pd.isna(v.loc["neggrad", "rank"])
+    assert "diverged_models" in (tmp_path / "t/vision_forget10.md").read_text()
+
+
 def test_figure6_and_table2(originals, data, tmp_path):
     scores = {"original": P.score_models(originals, data, HP)}
     noisy = scores["original"].copy()

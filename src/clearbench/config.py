@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from clearbench import compute
+from clearbench.hparams import Param, param
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 TOFU_FILES = [
@@ -16,6 +18,7 @@ TOFU_FILES = [
     "real_authors_perturbed.json",
     "world_facts_perturbed.json",
 ]
+TOFU_AUTHORS = 200
 
 
 class ConfigError(ValueError):
@@ -65,25 +68,49 @@ def key_path(error: jsonschema.ValidationError) -> str:
 def schema_errors(config: dict, schema_path: Path = SCHEMA) -> list[str]:
     schema = yaml.safe_load(schema_path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
+    # an unevaluatedProperties error lists every key of a section whose other checks failed:
+    # those failures name the key, so they come first
+    errors = sorted(
+        validator.iter_errors(config),
+        key=lambda e: (e.validator == "unevaluatedProperties", list(e.absolute_path), e.message),
+    )
     messages = []
     for err in errors:
         # oneOf/allOf report the whole sub-object; their first nested cause names the real key
         leaf = min(err.context, key=lambda e: len(e.absolute_path) * -1) if err.context else err
-        messages.append(f"{key_path(leaf)}: {leaf.message}")
+        if leaf.validator in ("additionalProperties", "unevaluatedProperties"):
+            messages.append(unknown_key(leaf, schema.get("$defs", {})))
+        else:
+            messages.append(f"{key_path(leaf)}: {leaf.message}")
     return messages
+
+
+def unknown_key(error: jsonschema.ValidationError, defs: dict) -> str:
+    """`section.key: unknown key (known: ...)` for the first key a section does not allow."""
+    allowed = set()
+    for part in [error.schema, *error.schema.get("allOf", [])]:
+        if "$ref" in part:
+            part = defs.get(part["$ref"].rsplit("/", 1)[-1], {})
+        allowed |= set(part.get("properties", {}))
+    extra = sorted(k for k in error.instance if k not in allowed)
+    if not extra:  # patternProperties and the like: jsonschema's own words
+        return f"{key_path(error)}: {error.message}"
+    where = ".".join(str(p) for p in [*error.absolute_path, extra[0]])
+    return f"{where}: unknown key (known: {', '.join(sorted(allowed))})"
 
 
 def check(
     config: dict,
-    known_methods: dict[str, dict[str, type]] | None = None,
+    known_methods: dict[str, dict[str, Param | type]] | None = None,
     root: Path | None = None,
-    known_vision_methods: list[str] | None = None,
+    known_vision_methods: dict[str, dict[str, Param | type]] | list[str] | None = None,
 ) -> None:
     """Raise ConfigError with one line for the first problem found.
 
     `known_methods` maps each language-track method to its declared hyperparameters (name ->
-    type). `root` is the workflow folder: its schema and relative paths are the ones that apply.
+    Param, or a bare type); `known_vision_methods` the same for the vision track (a list: the
+    names only). `root` is the workflow folder: its schema and relative paths are the ones
+    that apply.
     """
     errors = schema_errors(config, root / SCHEMA.relative_to(SCHEMA.parents[2]) if root else SCHEMA)
     if errors:
@@ -100,6 +127,7 @@ def check(
             raise ConfigError(
                 f"params error at data.splits: '{split}' is not a key of data.forget_fractions"
             )
+    check_forget_sizes(config)
     if known_methods is not None:
         check_methods(config, known_methods)
     for track in ("vision", "vlm"):
@@ -115,12 +143,19 @@ def check(
                 )
     if "vision" in config["tracks"]:
         check_vision(config, known_vision_methods)
+    check_models(config, root)
+    check_published(config, root)
     text = config["data"]["text"]
     if text["source"] == "tofu" and not str(text.get("tofu_dir", "")).startswith("hub:"):
         folder = Path(text.get("tofu_dir") or "")
         if root is not None and not folder.is_absolute():
             folder = root / folder
-        if not text.get("tofu_dir") or not folder.is_dir():
+        if not text.get("tofu_dir"):
+            raise ConfigError(
+                "params error at data.text.tofu_dir: missing (source tofu needs"
+                " hub:locuslab/TOFU or a local folder)"
+            )
+        if not folder.is_dir():
             raise ConfigError(
                 f"params error at data.text.tofu_dir: TOFU folder not found: {folder}"
             )
@@ -131,9 +166,9 @@ def check(
                 )
 
 
-def check_methods(config: dict, known: dict[str, dict[str, type]]) -> None:
+def check_methods(config: dict, known: dict[str, dict[str, Param | type]]) -> None:
     """Every method run is known, and its hyperparameters (shared, then each language track's
-    overrides) are exactly the ones it declares, with the declared types."""
+    overrides) are exactly the ones it declares, with the declared types and ranges."""
     unlearn = config["unlearn"]
     names = ", ".join(sorted(known))
     listed = {
@@ -160,37 +195,202 @@ def check_methods(config: dict, known: dict[str, dict[str, type]]) -> None:
         for track in tracks:
             shared = unlearn["method_hp"].get(method, {})
             own = config[track]["unlearn"].get("method_hp", {}).get(method, {})
-            for name in declared.keys() - (shared.keys() | own.keys()):
-                kind = declared[name].__name__
+            for name in sorted(declared.keys() - (shared.keys() | own.keys())):
+                kind = param(declared[name]).kind.__name__
                 raise ConfigError(
                     f"params error at unlearn.method_hp.{method}: missing '{name}' ({kind})"
                 )
             for name, value in (shared | own).items():
                 section = f"{track}.unlearn" if name in own else "unlearn"
-                where = f"{section}.method_hp.{method}.{name}"
-                if name not in declared:
-                    allowed = ", ".join(sorted(declared)) or "none"
-                    raise ConfigError(
-                        f"params error at {where}: unknown hyperparameter (known: {allowed})"
-                    )
-                kind = declared[name]
-                if isinstance(value, bool) or not isinstance(
-                    value, (int, float) if kind is float else kind
-                ):
-                    raise ConfigError(
-                        f"params error at {where}: {value!r} is not of type '{kind.__name__}'"
-                    )
+                check_hp_value(f"{section}.method_hp.{method}.{name}", declared, name, value)
 
 
-def check_vision(config: dict, known: list[str] | None) -> None:
+def check_vision(config: dict, known: dict[str, dict] | list[str] | None) -> None:
+    """Known methods with their declared hyperparameters (each optional: the method's default
+    applies), and a model count the membership protocol can split."""
     vision = config["vision"]
-    for key, names in (
-        ("methods", vision["methods"]),
-        ("unlearn.method_hp", vision["unlearn"]["method_hp"]),
-    ):
+    n_models, chunk = vision["n_models"], vision["chunk"]
+    if n_models % chunk:
+        raise ConfigError(
+            f"params error at vision.chunk: {chunk} does not divide vision.n_models ({n_models})"
+        )
+    hp_table = vision["unlearn"]["method_hp"]
+    for key, names in (("methods", vision["methods"]), ("unlearn.method_hp", hp_table)):
         for name in names if known is not None else ():
             if name not in known:
                 raise ConfigError(
                     f"params error at vision.{key}: unknown vision method '{name}'"
                     f" (known: {', '.join(sorted(known))})"
                 )
+    if not isinstance(known, dict):
+        return
+    for method, values in hp_table.items():
+        for name, value in values.items():
+            check_hp_value(f"vision.unlearn.method_hp.{method}.{name}", known[method], name, value)
+
+
+def check_hp_value(where: str, declared: dict, name: str, value) -> None:
+    """One method hyperparameter against its method's declaration (name, type, range)."""
+    if name not in declared:
+        allowed = ", ".join(sorted(declared)) or "none"
+        raise ConfigError(f"params error at {where}: unknown hyperparameter (known: {allowed})")
+    problem = param(declared[name]).problem(value)
+    if problem:
+        raise ConfigError(f"params error at {where}: {problem}")
+
+
+def check_forget_sizes(config: dict) -> None:
+    """Every forget split takes at least one author and leaves at least one (as
+    clearbench.data.text.forget_authors: the last max(1, round(fraction * n)) authors)."""
+    text = config["data"]["text"]
+    n = text["n_authors"] if text["source"] == "synthetic" else TOFU_AUTHORS
+    for name, fraction in config["data"]["forget_fractions"].items():
+        k = max(1, round(fraction * n))
+        if k >= n:
+            raise ConfigError(
+                f"params error at data.forget_fractions.{name}: {fraction} of {n} authors"
+                f" forgets {k}, leaving no retain author"
+            )
+
+
+def is_local_path(value: str) -> bool:
+    """A checkpoint or source that names a local path, not a Hub id (`name`, `owner/name`)."""
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1
+
+
+def check_path(where: str, value: str, root: Path | None, what: str, local: bool = False) -> None:
+    """A local path (`local`: any value that is not a Hub id `owner/name`) exists."""
+    folder = Path(value).expanduser()
+    if root is not None and not folder.is_absolute():
+        folder = root / folder
+    if (local or is_local_path(value)) and not folder.exists():
+        raise ConfigError(f"params error at {where}: {what} not found: {folder}")
+
+
+def check_published(config: dict, root: Path | None) -> None:
+    """A published CLEAR source given as a local folder exists."""
+    clear = config["data"]["clear"]
+    if not clear["build"] or clear["backends"]["source"] != "published":
+        return
+    source = (clear.get("published") or {}).get("source")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(
+            "params error at data.clear.published.source: the published backend needs a"
+            " source (a Hub id such as therem/CLEAR, or a local folder)"
+        )
+    local = source.count("/") != 1  # as clearbench.data.backends reads it
+    check_path("data.clear.published.source", source, root, "published CLEAR copy", local)
+
+
+# model config keys that count something: each must be at least 1 (lists: every element)
+SIZE_KEY = re.compile(r"(^num_|_size$|_sizes$|^depths$|_dim$|^max_position_embeddings$)")
+# keys the pipeline sets itself (from the tokenizer and the vision tower)
+PIPELINE_KEYS = {
+    "LlamaConfig": {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"},
+    "LlavaConfig": {"image_token_index", "image_seq_length"},
+}
+
+
+def check_models(config: dict, root: Path | None) -> None:
+    """Each model section builds the transformers config it describes (no weights): ResNet for
+    vision, Llama for text, LLaVA (CLIP vision tower + Llama) for vlm; a local checkpoint
+    exists."""
+    for track in ("text", "vlm", "vision"):
+        model = (config.get(track) or {}).get("model") or {}
+        checkpoint = model.get("checkpoint")
+        if checkpoint and track in config["tracks"]:
+            check_path(f"{track}.model.checkpoint", checkpoint, root, "checkpoint folder")
+        if "config" not in model:
+            continue
+        cfg, where = model["config"], f"{track}.model.config"
+        if track == "vision":
+            build_config("ResNetConfig", cfg, where)
+        elif track == "text":
+            build_config("LlamaConfig", cfg, where, config["text"]["vocab_size"])
+        else:
+            vocab = config["vlm"]["vocab_size"]
+            parts = {
+                "vision_config": build_config(
+                    "CLIPVisionConfig", cfg["vision_config"], f"{where}.vision_config"
+                ),
+                "text_config": build_config(
+                    "LlamaConfig", cfg["text_config"], f"{where}.text_config", vocab
+                ),
+            }
+            rest = {k: v for k, v in cfg.items() if k not in parts}
+            build_config("LlavaConfig", rest, where, extra=parts)
+
+
+def config_class(name: str):
+    """A transformers config class, imported from its configuration module only."""
+    if name == "ResNetConfig":
+        from transformers.models.resnet.configuration_resnet import ResNetConfig as cls
+    elif name == "LlamaConfig":
+        from transformers.models.llama.configuration_llama import LlamaConfig as cls
+    elif name == "CLIPVisionConfig":
+        from transformers.models.clip.configuration_clip import CLIPVisionConfig as cls
+    else:
+        from transformers.models.llava.configuration_llava import LlavaConfig as cls
+    return cls
+
+
+def build_config(
+    name: str, cfg: dict, where: str, vocab_size: int | None = None, extra: dict | None = None
+):
+    """Build `name` from the params `cfg` as clearbench.models.factory / vision.model do, and
+    turn what the config class rejects into one line naming the key."""
+    import dataclasses
+
+    from huggingface_hub.errors import (
+        StrictDataclassClassValidationError,
+        StrictDataclassFieldValidationError,
+    )
+
+    cls = config_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key, value in cfg.items():
+        if key not in fields or key in PIPELINE_KEYS.get(name, ()):
+            why = "set by the pipeline" if key in fields else f"{name} has no such key"
+            raise ConfigError(f"params error at {where}.{key}: unknown key ({why})")
+        items = value if isinstance(value, list) else [value]
+        if SIZE_KEY.search(key) and any(
+            isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in items
+        ):
+            raise ConfigError(f"params error at {where}.{key}: {value!r} must be at least 1")
+    kwargs = dict(cfg)
+    if name == "LlamaConfig":
+        kwargs.setdefault("num_key_value_heads", kwargs.get("num_attention_heads"))
+        kwargs |= {"vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 1}
+        kwargs |= {"eos_token_id": 2}
+    kwargs |= extra or {}
+    try:
+        built = cls(**kwargs)
+    except StrictDataclassClassValidationError as err:  # "layer_type=fancy is not one of ..."
+        key = re.match(r"(\w+)=", cause(err))
+        at = f"{where}.{key.group(1)}" if key and key.group(1) in cfg else where
+        raise ConfigError(f"params error at {at}: {cause(err)}") from None
+    except (StrictDataclassFieldValidationError, TypeError, ValueError) as err:
+        field = re.search(r"field '(\w+)'", str(err), re.IGNORECASE)
+        at = f"{where}.{field.group(1)}" if field and field.group(1) in cfg else where
+        raise ConfigError(f"params error at {at}: {cause(err)}") from None
+    if name == "ResNetConfig" and len(built.depths) != len(built.hidden_sizes):
+        raise ConfigError(
+            f"params error at {where}.depths: {len(built.depths)} stages, but hidden_sizes"
+            f" has {len(built.hidden_sizes)}"
+        )
+    if name == "CLIPVisionConfig" and built.patch_size > built.image_size:
+        raise ConfigError(
+            f"params error at {where}.patch_size: {built.patch_size} is larger than"
+            f" image_size ({built.image_size})"
+        )
+    return built
+
+
+def cause(err: Exception) -> str:
+    """The last line of a (strict dataclass) validation error, without its exception name and
+    field name: "expected int, got str (value: 'abc')"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    last = re.sub(r"^\w+(Error|Exception): ", "", last)
+    last = re.sub(r"^Field '\w+' (with value )?", "", last).split(". Errors:")[0]
+    return re.sub(r"<class '(\w+)'>", r"\1", last)

@@ -7,13 +7,14 @@ from clearbench.compute import ComputeError, check_device
 from clearbench.config import ConfigError, check, compute_section, unlearn_stage_hp, vlm_stage_hp
 from clearbench.unlearn.methods import METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
+from clearbench.vision.methods import declared as vision_methods_declared
 
 try:
     check(
         config,
         known_methods={name: method.hp for name, method in METHODS.items()},
         root=Path(workflow.basedir),
-        known_vision_methods=list(VISION_METHODS),
+        known_vision_methods=vision_methods_declared(),
     )
 except ConfigError as err:
     # one line, before any job runs (a raised exception would print a traceback)

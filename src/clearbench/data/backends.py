@@ -187,7 +187,9 @@ class StyleGANFaces:
             )
         self.gan = StyleGAN2Generator(network_pkl, trust_pickle, stylegan_dir)
         self.attributes = DeepFaceAttributes()
-        self.age, self.glasses = np.load(age_direction), np.load(glasses_direction)
+        # plain arrays only: an object array would be a pickle
+        self.age = np.load(age_direction, allow_pickle=False)
+        self.glasses = np.load(glasses_direction, allow_pickle=False)
 
     def pool(self, n, seed, batch, keep):
         return stylegan_pool(self.gan, n, seed, batch, keep)

@@ -56,6 +56,7 @@ from clearbench.data import faces as F
 from clearbench.data import scenes
 from clearbench.data.authors import COUNTRIES, FACE_ETHNICITY, make_name
 from clearbench.data.text import DataError, read_authors, read_qa, write_table
+from clearbench.io import atomic_path, write_text_atomic
 
 DEFAULTS = {
     "seed": 0,
@@ -863,7 +864,8 @@ def _card_plot(card, path):
         a.set(title=f"{key}: authors vs their matched faces", ylabel="count")
         a.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -896,7 +898,8 @@ def _published_card_plot(tables, path, n_photos=16, tile=96):
     ax[2].set(title=f"one photo of each of the first {len(first)} authors")
     ax[2].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90, metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -959,4 +962,4 @@ def _card_md(path, summary, sheets, has_plot):
         "",
     ]
     lines += [f"- {s}" for s in sheets] + (["- data_card.png"] if has_plot else [])
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")

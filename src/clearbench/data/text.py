@@ -12,13 +12,14 @@ QA of the first authors outside the largest forget set, as many authors as that 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from clearbench.io import atomic_path
 
 QA_SCHEMA = pa.schema(
     [
@@ -88,19 +89,18 @@ def frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
 def write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
     """Write to a temporary file, then rename: an interrupted run leaves no half-written file."""
     table = pa.Table.from_pylist([{f.name: r[f.name] for f in schema} for r in rows], schema)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"table not found: {path}")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:  # truncated, empty, not Parquet
+        raise DataError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     missing = [c for c in schema.names if c not in table.column_names]
     if missing:
         raise DataError(f"{path} lacks columns {missing}")

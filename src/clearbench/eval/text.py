@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,14 @@ from tqdm import tqdm
 
 from clearbench.compute import compute_hp, to_device
 from clearbench.data.text import read_qa
-from clearbench.models.factory import load_model, load_tokenizer, read_model_json
+from clearbench.io import atomic_path
+from clearbench.metrics.text import STATUS_KEY
+from clearbench.models.factory import (
+    load_model,
+    load_tokenizer,
+    read_model_json,
+    trusts_remote_code,
+)
 from clearbench.train.qa import PROMPT, collate, encode, sequence_nll
 
 EVAL_SCHEMA = pa.schema(
@@ -129,12 +135,13 @@ def evaluate_task(model, tok, task: str, df: pd.DataFrame, hp: dict) -> pd.DataF
     return contract_rows(task, df, losses, generations)
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pandas(df, schema=EVAL_SCHEMA, preserve_index=False), tmp)
-    os.replace(tmp, path)
+def write_table(df: pd.DataFrame, path: str | Path, status: str = "ok") -> None:
+    """Atomically; the model's status goes into the file's metadata (STATUS_KEY), so that
+    `metrics` tells a diverged model's empty table from a broken one."""
+    table = pa.Table.from_pandas(df, schema=EVAL_SCHEMA, preserve_index=False)
+    table = table.replace_schema_metadata({**table.schema.metadata, STATUS_KEY: status})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def unevaluated(model_dir: str, out_path: str) -> dict | None:
@@ -143,7 +150,7 @@ def unevaluated(model_dir: str, out_path: str) -> dict | None:
     status = read_model_json(model_dir).get("status", "ok")
     if status == "ok":
         return None
-    write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path)
+    write_table(pd.DataFrame(columns=EVAL_SCHEMA.names), out_path, status=status)
     return {"status": status, "rows": 0}
 
 
@@ -159,7 +166,7 @@ def evaluate(model_dir: str, tasks: dict[str, str], out_path: str, hp: dict) -> 
         return skipped
     torch.manual_seed(hp["seed"])
     model, meta = load_model(model_dir, compute=compute_hp(hp))
-    tok = load_tokenizer(meta["base"])
+    tok = load_tokenizer(meta["base"], trusts_remote_code(meta))
     tables = []
     for task, path in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
         df = pick_samples(read_qa(path), hp["max_samples"], hp["seed"])

@@ -39,6 +39,7 @@ from clearbench.models.factory import (
     load_image_processor,
     load_model,
     load_tokenizer,
+    trusts_remote_code,
 )
 from clearbench.train.vlm import check_hp, id_question, read_photos
 from clearbench.train.vqa import Sample, Vision, sequence_nll, stable_rng
@@ -175,7 +176,9 @@ def evaluate_vlm(
     tasks = task_tables(clear_dir, text_dir, split, hp["seed"])
     torch.manual_seed(hp["seed"])
     model, meta = load_model(model_dir, compute=compute_hp(hp))
-    vision = Vision(load_tokenizer(meta["base"]), load_image_processor(meta["base"]), model.config)
+    trust = trusts_remote_code(meta)
+    tok, processor = load_tokenizer(meta["base"], trust), load_image_processor(meta["base"], trust)
+    vision = Vision(tok, processor, model.config)
     tables = []
     for task, df in tqdm(tasks.items(), desc=f"eval {Path(model_dir).name}", leave=False):
         df = pick_samples(df, hp["max_samples"], hp["seed"])

@@ -9,17 +9,18 @@ is the length-normalised probability of the paper (section 4.3).
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from rouge_score import rouge_scorer
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp
+
+from clearbench.io import first_line, write_text_atomic
 
 COLUMNS = ("task", "sample_id", "gt_loss", "para_loss", "perturbed_losses", "generation", "answer")
 # One dict covers both tracks: only the tasks present in a table are used.
@@ -32,6 +33,7 @@ GROUP_METRICS = ("rouge_l", "probability", "truth_ratio")  # what a group's harm
 FORGET_TASK = "forget"  # forget quality compares truth ratios on this task only
 JS_BINS = 20
 MIN_P_VALUE = 1e-300  # keeps log10 forget quality finite when the KS p-value underflows to 0
+STATUS_KEY = b"clearbench.status"  # Parquet metadata: the evaluated model's status (eval writes it)
 
 _rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -77,9 +79,20 @@ def _rouge_l_recall(answer, generation) -> float:
 
 
 def task_scores(rows: pd.DataFrame) -> dict:
-    """rouge_l, probability, probability_raw, truth_ratio of one task's rows (see DESIGN.md)."""
+    """rouge_l, probability, probability_raw, truth_ratio of one task's rows (see DESIGN.md).
+
+    A task with options where some row has no perturbed losses is a broken table (that row's
+    probability would be 1.0): TableError naming the task and sample.
+    """
     gt = rows["gt_loss"].astype(float)
     pert = rows["perturbed_losses"].map(_losses)
+    has_options = pert.map(len) > 0
+    if has_options.any() and not has_options.all():
+        bad = rows.loc[~has_options, "sample_id"].iloc[0]
+        raise TableError(
+            f"task {rows['task'].iloc[0]!r}, sample {bad!r}: no perturbed losses, though the task"
+            " has options (probability would be 1.0)"
+        )
     rouge = [_rouge_l_recall(a, g) for a, g in zip(rows["answer"], rows["generation"], strict=True)]
     prob = [_probability(g, p) for g, p in zip(gt, pert, strict=True)]
     tr = per_sample_truth_ratio(rows).dropna()
@@ -180,24 +193,15 @@ def read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"{path}: no such file")
     try:
         df = pd.read_parquet(path)
+        status = (pq.read_schema(path).metadata or {}).get(STATUS_KEY, b"ok").decode()
     except Exception as e:  # pyarrow raises several types for a corrupt or non-Parquet file
-        raise TableError(f"{path}: not a readable Parquet file ({type(e).__name__})") from e
+        raise TableError(
+            f"{path}: not a readable Parquet file ({type(e).__name__}: {first_line(e)})"
+        ) from e
     check_table(df, str(path))
+    if df.empty and status == "ok":  # a diverged model's table is empty by design, no other's
+        raise TableError(f"{path}: no rows, though the model's status is ok")
     return df
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Temp file in the same directory, then os.replace: readers see the old file or the new one.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         df = read_table(args.table)
         gold = read_table(args.gold) if args.gold is not None else None
-        text = json.dumps(score_table(df, gold), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        try:
+            scores = score_table(df, gold)
+        except TableError as e:  # a bad row: name the file it came from
+            raise TableError(f"{args.table}: {e}") from None
+        text = json.dumps(scores, indent=2, sort_keys=True, allow_nan=False) + "\n"
         if args.out is None:
             sys.stdout.write(text)
         else:
-            _write_atomic(args.out, text)
+            write_text_atomic(args.out, text)
     except TableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

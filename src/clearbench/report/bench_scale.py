@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from clearbench.compute import peak_memory_mb, resolve_device, to_device, torch_dtype
+from clearbench.io import write_text_atomic
 from clearbench.models.factory import build_model
 from clearbench.report import gpu_hours
 from clearbench.report.gpu_hours import CLEAR, key, lm_keys, vision_keys
@@ -591,6 +592,5 @@ def run(
     if dag_error:
         summary["dag_error"] = dag_error
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from clearbench.io import atomic_path, write_text_atomic
+
 COLUMNS = [
     "track", "split", "method", "l1", "modality",
     "real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
     "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia",
-    "rte_seconds", "status", "rank", "rank_paper",
+    "rte_seconds", "status", "diverged_models", "rank", "rank_paper",
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
 VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
@@ -36,7 +37,15 @@ VIEWS = {
         real=None,
         rank=lira_gap,
         rank_paper=lira_gap,
-        shown=["method", "modality", *VISION_KEYS, "rte_seconds", "status", "rank"],
+        shown=[
+            "method",
+            "modality",
+            *VISION_KEYS,
+            "rte_seconds",
+            "status",
+            "diverged_models",
+            "rank",
+        ],  # fmt: skip
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
     ),
@@ -80,7 +89,8 @@ def row_of(metrics_path: str, model_dir: str) -> dict:
 
 
 def vision_row(summary_path: str, split: str) -> dict:
-    """A vision model family's row from its summary (results/vision/<family>/summary.json)."""
+    """A vision model family's row from its summary (results/vision/<family>/summary.json):
+    its numbers are those of the models that survived, `diverged_models` counts the others."""
     family = Path(summary_path).parent.name
     summary = json.loads(Path(summary_path).read_text())
     row = {"track": "vision", "split": split, "method": family, "l1": None}
@@ -88,6 +98,7 @@ def vision_row(summary_path: str, split: str) -> dict:
     row |= {k: summary.get(k) for k in VISION_KEYS}
     row["rte_seconds"] = summary.get("rte_seconds")
     row["status"] = summary.get("status", "ok")
+    row["diverged_models"] = summary.get("n_diverged")
     return row
 
 
@@ -187,7 +198,8 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
     ax.set_title(f"{track} / {split}")
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -248,14 +260,16 @@ def plot_losses(models: list[str], track: str, split: str, path: Path) -> bool:
         ax.axis("off")
     fig.suptitle(f"{track} / {split}: unlearning loss per step, by term", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return True
 
 
 def write_table(df: pd.DataFrame, folder: str, name: str) -> None:
-    df.to_csv(Path(folder) / f"{name}.csv", index=False)
-    (Path(folder) / f"{name}.md").write_text(markdown_table(df))
+    with atomic_path(Path(folder) / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    write_text_atomic(Path(folder) / f"{name}.md", markdown_table(df))
 
 
 def build_leaderboard(
@@ -279,6 +293,7 @@ def build_leaderboard(
     numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
                *VISION_KEYS, "rte_seconds"]  # fmt: skip
     board[numeric] = board[numeric].astype(float)
+    board["diverged_models"] = pd.to_numeric(board["diverged_models"]).astype("Int64")
     board = apply_rules(board, hp)
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -289,7 +304,6 @@ def build_leaderboard(
             plot_losses(models, track, split, Path(plots) / f"losses_{track}_{split}.png")
     for name, table in paper_tables(board).items():
         write_table(table, tables, name)
-    tmp = Path(out).with_name(Path(out).name + ".tmp")
-    board[COLUMNS].to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        board[COLUMNS].to_csv(tmp, index=False)
     return {"rows": len(board)}

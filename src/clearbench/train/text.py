@@ -17,6 +17,7 @@ from clearbench.models.factory import (
     load_model,
     load_tokenizer,
     save_chain,
+    trusts_remote_code,
 )
 from clearbench.models.tokenizer import train_tokenizer
 from clearbench.train.loop import Diverged, optimize
@@ -98,8 +99,10 @@ def pretrain_base(qa_paths: list[str], out_dir: str, hp: dict) -> dict:
     out = fresh_dir(out_dir)
     spec = hp["model"]
     if spec.get("checkpoint"):
-        load_tokenizer(spec["checkpoint"])  # fail here, not in every downstream job
-        save_chain(out, base=spec["checkpoint"], adapters=[], status="ok", rte_seconds=0.0)
+        trust = trusts_remote_code(spec)
+        load_tokenizer(spec["checkpoint"], trust)  # fail here, not in every downstream job
+        save_chain(out, base=spec["checkpoint"], adapters=[], trust_remote_code=trust,
+                   status="ok", rte_seconds=0.0)  # fmt: skip
         return {"trained": False}
     start = time.perf_counter()
     tok = train_tokenizer(corpus(qa_paths), hp["vocab_size"])
@@ -166,7 +169,7 @@ def start_adapter_run(source_dir: str, out_dir: str, hp: dict):
     out = fresh_dir(out_dir)
     compute = compute_hp(hp)
     model, meta = load_model(source_dir, compute=compute)
-    tok = load_tokenizer(meta["base"])
+    tok = load_tokenizer(meta["base"], trusts_remote_code(meta))
     gen = seeded(hp["seed"])
     return out, add_lora(prepare_for_training(model, compute), hp["lora"]), tok, meta, gen
 
@@ -200,5 +203,5 @@ def finish_adapter_run(out: Path, model, meta: dict, status: str, seconds: float
         adapters.append(save_adapter(model, out))
     final = losses[-1] if losses else None
     save_chain(out, base=meta["base"], adapters=adapters, status=status, rte_seconds=seconds,
-               final_loss=final)  # fmt: skip
+               final_loss=final, trust_remote_code=trusts_remote_code(meta))  # fmt: skip
     return {"status": status, "final_loss": final}

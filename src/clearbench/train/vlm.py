@@ -39,6 +39,7 @@ from clearbench.models.factory import (
     load_image_processor,
     load_tokenizer,
     save_chain,
+    trusts_remote_code,
 )
 from clearbench.models.tokenizer import train_tokenizer
 from clearbench.train.loop import Diverged, optimize
@@ -194,9 +195,11 @@ def pretrain_vlm_base(clear_dir: str, text_dir: str, out_dir: str, hp: dict) -> 
     out = fresh_dir(out_dir)
     spec = hp["model"]
     if spec.get("checkpoint"):
-        load_tokenizer(spec["checkpoint"])  # fail here, not in every downstream job
-        load_image_processor(spec["checkpoint"])
-        save_chain(out, base=spec["checkpoint"], adapters=[], status="ok", rte_seconds=0.0)
+        trust = trusts_remote_code(spec)
+        load_tokenizer(spec["checkpoint"], trust)  # fail here, not in every downstream job
+        load_image_processor(spec["checkpoint"], trust)
+        save_chain(out, base=spec["checkpoint"], adapters=[], trust_remote_code=trust,
+                   status="ok", rte_seconds=0.0)  # fmt: skip
         return {"trained": False}
     start = time.perf_counter()
     tok = train_tokenizer(corpus(clear_dir, text_dir), hp["vocab_size"])
@@ -270,7 +273,7 @@ def finetune_vlm(
     out, model, tok, meta, gen = start_adapter_run(base_dir, out_dir, hp | {"lora": lora})
     if freeze:
         check_tower_frozen(model)
-    vision = Vision(tok, load_image_processor(meta["base"]), model.config)
+    vision = Vision(tok, load_image_processor(meta["base"], trusts_remote_code(meta)), model.config)
     start, status, losses = time.perf_counter(), "ok", []
     try:
         losses = fit(model, vision, samples, hp, gen, f"finetune vlm {out.name}")

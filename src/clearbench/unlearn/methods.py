@@ -15,8 +15,8 @@ Formulas: CLEAR Appendix A. Conventions where the paper leaves a choice:
 - The frozen original is the same model with the unlearning adapter disabled, without
   gradient: no second copy of the base.
 
-Adding a method: one function here, registered with the names and types of its
-hyperparameters, plus its section in params.yaml `unlearn.method_hp`.
+Adding a method: one function here, registered with the names, types and ranges of its
+hyperparameters (clearbench.hparams.Param), plus its section in params.yaml `unlearn.method_hp`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
 from clearbench.train.qa import Answers, answer_outputs
 
 
@@ -64,14 +65,14 @@ Objective = Callable[[Context, Step], dict[str, torch.Tensor]]
 @dataclass(frozen=True)
 class Method:
     objective: Objective
-    hp: dict[str, type]  # hyperparameter name -> type, checked against params before any job
+    hp: dict[str, Param]  # hyperparameter name -> type and range, checked before any job
     reference: bool = False  # needs the DPO reference model (tuned on the IDK forget set)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, reference: bool = False, **hp: type):
+def register(name: str, reference: bool = False, **hp: Param):
     def add(fn: Objective) -> Objective:
         METHODS[name] = Method(fn, hp, reference)
         return fn
@@ -132,7 +133,7 @@ def idk_tuning(ctx: Context, step: Step):
     }
 
 
-@register("dpo", reference=True, beta=float, lambda1=float, lambda2=float)
+@register("dpo", reference=True, beta=POSITIVE, lambda1=WEIGHT, lambda2=WEIGHT)
 def preference_optimisation(ctx: Context, step: Step):
     """lambda1 NLL(idk) + lambda2 DPO with chosen = the IDK answer, rejected = the true answer,
     against a reference tuned on the IDK forget set."""
@@ -145,7 +146,7 @@ def preference_optimisation(ctx: Context, step: Step):
     }
 
 
-@register("npo", beta=float)
+@register("npo", beta=POSITIVE)
 def negative_preference_optimisation(ctx: Context, step: Step):
     """(2/beta) log(1 + (p(y|x) / p_orig(y|x))^beta) on forget (Zhang et al., 2024)."""
     beta = ctx.hp["beta"]
@@ -153,7 +154,7 @@ def negative_preference_optimisation(ctx: Context, step: Step):
     return {"forget": -(2 / beta) * F.logsigmoid(-beta * ratio).mean()}
 
 
-@register("simnpo", beta=float, delta=float, forget_weight=float, retain_weight=float)
+@register("simnpo", beta=POSITIVE, delta=Param(float), forget_weight=WEIGHT, retain_weight=WEIGHT)
 def simple_npo(ctx: Context, step: Step):
     """Reference-free NPO on the length-normalised likelihood, plus retain NLL (Fan et al., 2024):
     -(2/beta) log sigmoid(beta (NLL(y|x)/|y| - delta))."""
@@ -167,7 +168,7 @@ def simple_npo(ctx: Context, step: Step):
     }
 
 
-@register("scrub", alpha=float, gamma=float)
+@register("scrub", alpha=WEIGHT, gamma=WEIGHT)
 def scrub(ctx: Context, step: Step):
     """Student (trained) disobeys teacher (original) on forget, obeys on retain (Kurmanji et
     al., 2023), with d = KL(teacher || student): alpha d_R - d_F + gamma NLL_R, one loss."""
@@ -180,7 +181,7 @@ def scrub(ctx: Context, step: Step):
     }
 
 
-@register("llmu", forget_weight=float, idk_weight=float, retain_weight=float)
+@register("llmu", forget_weight=WEIGHT, idk_weight=WEIGHT, retain_weight=WEIGHT)
 def llmu(ctx: Context, step: Step):
     """Forget ascent + "I don't know" answers + forward KL(current || original) on retain
     (Yao et al., 2024, with CLEAR's IDK labels in place of random ones)."""
@@ -199,7 +200,7 @@ def rmu_direction(seed: int, size: int, device) -> torch.Tensor:
     return (u / u.norm()).to(device)
 
 
-@register("rmu", layer=int, c=float, alpha=float, seed=int)
+@register("rmu", layer=Param(int, low=1), c=Param(float, low=0), alpha=WEIGHT, seed=SEED)
 def rmu(ctx: Context, step: Step):
     """Hidden states of `layer` steered to c*u on forget, kept at the original's on retain
     (Li et al., 2024)."""

@@ -19,12 +19,14 @@ import torch
 from clearbench.compute import compute_hp, to_device
 from clearbench.data.idk import idk_answer
 from clearbench.data.text import read_qa
+from clearbench.io import atomic_path
 from clearbench.models.factory import (
     load_image_processor,
     load_model,
     load_tokenizer,
     read_model_json,
     save_chain,
+    trusts_remote_code,
 )
 from clearbench.train.loop import Diverged, optimize
 from clearbench.train.qa import answer_outputs, batches, collate, encode
@@ -70,7 +72,7 @@ def vlm_track(clear_dir: str, text_dir: str, split: str, modality: str, hp: dict
     )
 
     def encoder(tok, meta, config, max_len):
-        vision = Vision(tok, load_image_processor(meta["base"]), config)
+        vision = Vision(tok, load_image_processor(meta["base"], trusts_remote_code(meta)), config)
         return lambda rows: vision.batch(rows, max_len)
 
     forget = modality_samples(clear_dir, text_dir, split, modality, hp["seed"])
@@ -110,7 +112,8 @@ def unlearn(
             meta = read_model_json(original_dir)
             out = fresh_dir(out_dir)
             save_chain(out, base=meta["base"], adapters=meta["adapters"], status=status,
-                       rte_seconds=0.0, reason=f"its reference {reference_dir} is {status}")  # fmt: skip
+                       rte_seconds=0.0, reason=f"its reference {reference_dir} is {status}",
+                       trust_remote_code=trusts_remote_code(meta))  # fmt: skip
             return {"status": status}
         start = time.perf_counter()
         reference = reference_logps(reference_dir, track, hp)
@@ -130,7 +133,8 @@ def reference_logps(reference_dir: str, track: Track, hp: dict) -> dict[str, tor
     reference is frozen and the forget set fixed, so these are computed once, before the model
     being trained is loaded: one copy of the base in memory at a time."""
     model, meta = load_model(reference_dir, compute=compute_hp(hp))
-    encoder = track.encoder(load_tokenizer(meta["base"]), meta, model.config, hp["max_len"])
+    tok = load_tokenizer(meta["base"], trusts_remote_code(meta))
+    encoder = track.encoder(tok, meta, model.config, hp["max_len"])
     out = {}
     for key, samples in (("idk", with_idk(track.forget, hp["seed"])), ("forget", track.forget)):
         chunks = [
@@ -196,4 +200,5 @@ def write_losses(terms: list[dict[str, float]], path: Path) -> None:
     df = pd.DataFrame(terms)
     df.insert(0, "loss", df.sum(axis=1) if len(df) else [])
     df.insert(0, "step", range(len(df)))
-    df.to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)

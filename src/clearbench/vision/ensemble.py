@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +44,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 from transformers import ResNetConfig, ResNetModel
 
-from clearbench.vision.model import IdentityModel, config_of, identity_loss, template
+from clearbench.io import atomic_path
+from clearbench.vision.model import (
+    IdentityModel,
+    config_of,
+    identity_loss,
+    load_tensors,
+    template,
+)
 
 PER_MODEL = ("status", "alive")  # meta entries with one value per model
 
@@ -76,12 +82,12 @@ class State:
         return State(move(self.params), move(self.buffers), self.config, self.model_ids, self.meta)
 
     def save(self, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.__dict__, path)
+        with atomic_path(path) as tmp:
+            torch.save(self.__dict__, tmp)
 
     @classmethod
     def load(cls, path):
-        return cls(**torch.load(path, weights_only=True))  # tensors, dicts, lists, numbers
+        return cls(**load_tensors(path))  # tensors, dicts, lists, numbers
 
 
 def stack(models, model_ids=None, meta=None) -> State:

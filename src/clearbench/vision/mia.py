@@ -17,14 +17,13 @@ CLI: python -m clearbench mia SCORES.parquet [--out FILE.json]
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
+
+from clearbench.io import atomic_path, read_parquet, write_text_atomic
 
 COLUMNS = ["model", "role", "group", "identity", "sample_id", "phi", "correct"]
 ROLES = {"target", "shadow"}
@@ -61,6 +60,28 @@ def validate_scores(df):
         raise ValueError("column 'phi' is not numeric")
     if not (pd.api.types.is_bool_dtype(df["correct"]) or df["correct"].isin([0, 1]).all()):
         raise ValueError("column 'correct' is not boolean")
+
+
+def check_roles(df):
+    """Raise ValueError (one line) unless every role and the forget/holdout groups have rows: the
+    attacks need target and shadow models, each with forget and holdout samples."""
+    for col, needed in (("role", sorted(ROLES)), ("group", ["forget", "holdout"])):
+        absent = [v for v in needed if not (df[col] == v).any()]
+        if absent:
+            raise ValueError(f"no rows with {col} {', '.join(map(repr, absent))}")
+
+
+def read_scores(path, whole: bool = False) -> pd.DataFrame:
+    """A valid scores table (`whole`: a model family's, with every role), or a one-line
+    ValueError naming the file (missing, truncated, not Parquet, bad or missing columns)."""
+    df = read_parquet(path)
+    try:
+        validate_scores(df)
+        if whole:
+            check_roles(df)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return df
 
 
 def _attack_rows(scores, role):
@@ -168,25 +189,12 @@ def score_mia(scores):
 
 
 def write_parquet_atomic(df: pd.DataFrame, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def write_json_atomic(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")  # NaN allowed, unlike io's
 
 
 def main(argv=None):
@@ -195,15 +203,9 @@ def main(argv=None):
     p.add_argument("--out", help="write the JSON here (atomically) instead of stdout")
     args = p.parse_args(argv)
     try:
-        df = pd.read_parquet(args.scores)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"error: cannot read {args.scores}: {first}", file=sys.stderr)
-        return 2
-    try:
-        validate_scores(df)
+        df = read_scores(args.scores, whole=True)
     except ValueError as e:
-        print(f"error: {args.scores}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     result = score_mia(df)
     if args.out:

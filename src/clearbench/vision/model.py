@@ -14,6 +14,7 @@ nearest centroid by cosine. That is why a model can score identities it never tr
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import ResNetConfig, ResNetModel
+
+from clearbench.io import atomic_path, first_line
 
 # ResNet-18 sized model; `default` uses TINY_CONFIG. Both are ResNetConfig kwargs.
 RESNET18_CONFIG = dict(
@@ -100,21 +103,37 @@ def build_model(spec: dict, num_classes: int, seed: int = 0) -> IdentityModel:
 
 
 def save_model(model: IdentityModel, path) -> None:
-    """Backbone with save_pretrained (a real HF checkpoint), embedding head + classes beside it."""
+    """Backbone with save_pretrained (a real HF checkpoint), embedding head + classes beside it.
+    The head is written last and atomically: `load_model` requires it, so a folder is complete
+    only once it is there."""
     path = Path(path)
+    (path / HEAD_FILE).unlink(missing_ok=True)  # a reused folder is incomplete until the end
     model.backbone.save_pretrained(path)
     head = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-    torch.save(head, path / HEAD_FILE)
+    with atomic_path(path / HEAD_FILE) as tmp:
+        torch.save(head, tmp)
+
+
+def load_tensors(path):
+    """torch.load with weights_only=True, or ModelError naming the file (truncated, not a torch
+    file, or a pickle that needs more than tensors and containers)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise ModelError(f"cannot read {path}: {first_line(err)}") from None
 
 
 def load_model(path) -> IdentityModel:
     path = Path(path)
     if not (path / HEAD_FILE).exists():
         raise ModelError(f"{path} is not a biometric model folder (no {HEAD_FILE})")
-    head = torch.load(path / HEAD_FILE, weights_only=True)
+    head = load_tensors(path / HEAD_FILE)
     num_classes, dim = head["classes"].shape
     model = IdentityModel(build_backbone({"checkpoint": str(path)}), dim, num_classes)
-    missing, unexpected = model.load_state_dict(head, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(head, strict=False)
+    except RuntimeError as err:  # size mismatch between the head and the backbone
+        raise ModelError(f"{path / HEAD_FILE}: {first_line(err)}") from None
     missing = [k for k in missing if not k.startswith("backbone.")]  # those came from the HF save
     if missing or unexpected:
         raise ModelError(f"{path / HEAD_FILE}: missing {missing}, unexpected {unexpected}")

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from clearbench.io import read_parquet
 from clearbench.vision import ensemble as ens
 from clearbench.vision import methods as vmethods
 from clearbench.vision import mia
@@ -95,7 +96,7 @@ def load_images(parquet, size=None):
     table without the image column plus `identity` (= `author_id` where there is no identity
     column). size: resize to size x size (Lanczos) if given.
     """
-    df = parquet if isinstance(parquet, pd.DataFrame) else pd.read_parquet(parquet)
+    df = parquet if isinstance(parquet, pd.DataFrame) else read_parquet(parquet)
     images = []
     for cell in df["image"]:
         data = cell["bytes"] if isinstance(cell, dict) else cell
@@ -133,7 +134,7 @@ def vision_data(full, split, size=32, n_enroll=5) -> VisionData:
     so the same images are enrolled by every model and every scored sample_id is shared).
     """
     images, ids = load_images(full, size)
-    split = split if isinstance(split, pd.DataFrame) else pd.read_parquet(split)
+    split = split if isinstance(split, pd.DataFrame) else read_parquet(split)
     identities = np.array(sorted(ids["identity"].unique()))
     labels = np.searchsorted(identities, ids["identity"].to_numpy())
     role = dict(zip(split["author_id"], split["role"], strict=True))
@@ -517,7 +518,7 @@ def main(argv=None):
         images, ids = load_images(args.celebs, hp["image_size"])
         model, metrics = pretrain(images, ids["identity"].to_numpy(), hp)
         vm.save_model(model, out)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        mia.write_json_atomic(out / "metrics.json", metrics)
         print(json.dumps(metrics))
         return 0
     data = vision_data(args.full, args.split, hp["image_size"], hp["n_enroll"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clearbench.io import atomic_path, write_text_atomic
 from clearbench.vision import mia
 
 TABLE2_COLUMNS = [
@@ -26,6 +27,7 @@ TABLE2_COLUMNS = [
     "u_mia",
     "rte_seconds",
     "status",
+    "diverged_models",
 ]
 
 
@@ -72,33 +74,45 @@ def figure6(scores: dict, path, bins=40):
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
 
+def surviving(scores: pd.DataFrame) -> tuple[pd.DataFrame, set]:
+    """The rows of the models that have a finite phi, and the ids of those that have none (a
+    model that diverged after training, or an external table's NaN model): scored as diverged,
+    not as a model that identifies nothing."""
+    finite = np.isfinite(scores["phi"].to_numpy(dtype=np.float64))
+    alive = set(scores.loc[finite, "model"])
+    dead = set(scores["model"]) - alive
+    return (scores[scores["model"].isin(alive)] if dead else scores), dead
+
+
 def table2(scores: dict, summary: dict | None = None) -> pd.DataFrame:
-    """Forget / holdout / retain accuracy, U-LIRA, U-MIA, RTE and status per method."""
+    """Forget / holdout / retain accuracy, U-LIRA, U-MIA, RTE, status and the number of
+    diverged models per method (the numbers are those of the models that survived)."""
     rows = []
     for name, df in scores.items():
         s = dict(summary.get(name, {})) if summary else {}
         rows.append(
             {
                 "method": name,
-                **mia.score_mia(df),
+                **mia.score_mia(surviving(df)[0]),
                 "rte_seconds": s.get("rte_seconds"),
                 "status": s.get("status", "ok"),
+                "diverged_models": s.get("n_diverged", len(surviving(df)[1])),
             }
         )
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
 
 
 def write_table2(table: pd.DataFrame, csv_path, md_path=None):
-    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv_path, index=False)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
     if md_path:
-        Path(md_path).write_text(to_markdown(table) + "\n")
+        write_text_atomic(md_path, to_markdown(table) + "\n")
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -116,14 +130,24 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def summarize_family(metas: list[dict], scores: pd.DataFrame) -> dict:
     """One model family's summary from its chunks' metas (protocol.chunk_meta) and its scores:
-    the mia numbers, status (diverged if any model diverged), RTE (the chunks' times add up)."""
+    the mia numbers, status, RTE (the chunks' times add up), how many models diverged.
+
+    A diverged model has no rows in `scores` (protocol.score_models), so the numbers are those
+    of the models that survived: one diverged model out of M does not drop the method. The
+    family is `diverged` only when divergence leaves nothing to score: every model diverged,
+    or no target or no shadow model is left for U-LIRA."""
     status = [s for m in metas for s in m["status"]]
-    n_div = sum(s != "ok" for s in status)
+    ids = [k for m in metas for k in m.get("model_ids", [None] * len(m["status"]))]
+    scores, nan_models = surviving(scores)
+    dead = {k for k, s in zip(ids, status, strict=True) if s != "ok"}
+    n_div = sum(s != "ok" for s in status) + len(nan_models - dead)
     rte = [m.get("rte_seconds") for m in metas]
+    numbers = mia.score_mia(scores)
+    lost = n_div and (n_div >= len(status) or numbers["u_lira"] is None)
     return dict(
-        **mia.score_mia(scores),
+        **numbers,
         rte_seconds=sum(rte) if all(t is not None for t in rte) else None,
-        status="diverged" if n_div else "ok",
+        status="diverged" if lost else "ok",
         n_models=len(status),
         n_diverged=n_div,
     )
@@ -133,10 +157,15 @@ def collect(scores: list[str], metas: list[str], out: str, summary: str) -> dict
     """Chunk scores + metas of one family -> its scores.parquet and summary.json."""
     if len(scores) != len(metas):
         raise ValueError("collect: --scores and --meta must pair up one to one")
-    frames = [pd.read_parquet(p) for p in scores]
+    frames = [mia.read_scores(p) for p in scores]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=mia.COLUMNS)
-    mia.validate_scores(table)
-    result = summarize_family([json.loads(Path(m).read_text()) for m in metas], table)
+    metas = [json.loads(Path(m).read_text()) for m in metas]
+    if all(s == "ok" for m in metas for s in m["status"]):  # else a role may be gone by design
+        try:
+            mia.check_roles(table)
+        except ValueError as e:
+            raise ValueError(f"{', '.join(map(str, scores))}: {e}") from None
+    result = summarize_family(metas, table)
     mia.write_parquet_atomic(table, out)
     mia.write_json_atomic(summary, result)
     return result
@@ -162,7 +191,7 @@ def main(argv=None):
         print(json.dumps(collect(args.scores, args.meta, args.out, args.summary)))
         return 0
     pairs = lambda items: dict(item.split("=", 1) for item in items)  # noqa: E731
-    scores = {k: pd.read_parquet(v) for k, v in pairs(args.scores).items()}
+    scores = {k: mia.read_scores(v) for k, v in pairs(args.scores).items()}
     summary = {k: json.loads(Path(v).read_text()) for k, v in pairs(args.metrics).items()}
     figure6(scores, args.figure)
     table = table2(scores, summary)
