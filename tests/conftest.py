@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def dry_run_with(work: Path, overlay: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    """`snakemake -n` of this project in `work` with a params overlay: how a user meets a bad
+    params file before any job runs."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
+         "-d", str(work), "--configfile", str(overlay)],
+        capture_output=True, text=True, timeout=timeout, cwd=work,
+    )  # fmt: skip
+
+
 TOFU_DIR = Path(os.environ.get("CLEARBENCH_TOFU_DIR", ROOT.parent / "shared" / "data" / "tofu"))
 
 torch.set_num_threads(1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 from clearbench.config import ConfigError, check
 from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
+from tests.conftest import dry_run_with
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -146,11 +145,7 @@ def test_missing_tofu_folder_names_the_path(tmp_path):
 def test_snakemake_stops_before_any_job(tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("unlearn:\n  methods: [ga, bogus]\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
-         "-d", str(tmp_path), "--configfile", str(overlay)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    run = dry_run_with(tmp_path, overlay, timeout=120)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [
         "error: params error at unlearn.methods: unknown method 'bogus' (known: "

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from clearbench.config import ConfigError, check
+from tests.conftest import dry_run_with
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -214,11 +215,7 @@ def test_missing_key_of_a_phase_is_named():
 def test_snakemake_stops_on_a_bad_request(tmp_path):
     overlay = tmp_path / "bad.yaml"
     overlay.write_text("compute:\n  resources:\n    unlearn: {gpu: 1, mem_mb: -5, runtime: 60}\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
-         "-d", str(tmp_path), "--configfile", str(overlay)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    run = dry_run_with(tmp_path, overlay, timeout=120)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [
         "error: params error at compute.resources.unlearn.mem_mb: -5 is less than the minimum of 0"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
 from clearbench.vision.methods import HP as VISION_HP
 from clearbench.vision.methods import METHODS as VISION_METHODS
 from clearbench.vision.methods import declared
+from tests.conftest import dry_run_with
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -343,11 +342,7 @@ def test_snakemake_stops_before_any_job(tmp_path, text, message):
     work.mkdir()
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
-         "-d", str(work), "--configfile", str(bad)],
-        capture_output=True, text=True, timeout=180, cwd=work,
-    )  # fmt: skip
+    run = dry_run_with(work, bad)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [f"error: params error at {message}"]
     assert "Traceback" not in run.stdout + run.stderr
