@@ -50,12 +50,16 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         "results/leaderboard.csv",
+        "results/report.html",
         CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
         VISION_OUTPUTS if VISION_ON else [],
 
 
-# last, once the parameters are known good: a run killed with its jobs leaves no stale lock
+# last, once the parameters are known good: a run killed with its jobs leaves no stale lock, and
+# outputs that DVC restored do not look older than their inputs (clearbench.restored)
 if workflow.is_main_process:  # not the per-job processes of a cluster executor
+    from clearbench.restored import align_restored_mtimes
     from clearbench.resume import clear_stale_run
 
     clear_stale_run()
+    align_restored_mtimes()

@@ -52,66 +52,70 @@ def test_dry_run_tofu_on_a_local_copy(tmp_path):
             assert run.returncode != 0 and f"TOFU folder not found: {folder}" in run.stderr
 
 
-def dvc_stages():
+def dry_run_jobs(*args: str) -> list[dict]:
+    """Every job of the DAG (as if nothing existed yet) with its rule, inputs and outputs."""
+    run = snakemake("-n", "--forceall", *args)
+    assert run.returncode == 0, run.stderr[-2000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", run.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):\n", block)
+        if rule:
+            fields = dict(re.findall(r"^    (input|output): (.*)$", block, re.M))
+            jobs.append({"rule": rule.group(1)} | {k: fields.get(k, "").split(", ") if fields.get(k) else []
+                                                   for k in ("input", "output")})  # fmt: skip
+    return jobs
+
+
+def covers(paths, path: str) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+def test_dvc_yaml_is_generated_from_params():
+    from clearbench.dvc_stages import render
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert (ROOT / "dvc.yaml").read_text() == render(params), "run `python -m clearbench dvc-yaml`"
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    out = {}
-    for name, stage in stages.items():
-        if "foreach" in stage:
-            items = params
-            for key in stage["foreach"].strip("${} ").split("."):
-                items = items[key]
-            for item in items:
-                body = yaml.safe_dump(stage["do"]).replace("${item}", item)
-                out[f"{name}@{item}"] = yaml.safe_load(body)
-        else:
-            out[name] = stage
-    return out
+    methods = params["unlearn"]["methods"]
+    assert {f"{t}-{m}" for t in ("text", "vlm") for m in methods} <= set(stages)
+    assert {f"vision-{m}" for m in params["vision"]["methods"]} <= set(stages)
+    for shared in ("data", "base", "finetune", "vlm", "dpo_reference", "references", "report"):
+        assert shared in stages
+    # a method's stage tracks its own hyperparameters, not the other methods'
+    assert "unlearn.method_hp.ga" in stages["text-ga"]["params"]
+    assert not any("method_hp.gd" in p for p in stages["text-ga"]["params"])
 
 
-def snakemake_target_outputs(target: str) -> set[str]:
-    """Every file the DAG of a phase target holds (its own jobs and their upstream)."""
-    detailed = snakemake("--detailed-summary", "--", target)
-    assert detailed.returncode == 0, detailed.stderr[-2000:]
-    return {line.split("\t")[0] for line in detailed.stdout.splitlines()[1:] if line}
-
-
-def test_dvc_stages_match_snakemake_phases():
-    stages = dvc_stages()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    expected = {"data", "base", "finetune", "reference", "evaluate", "vision", "vlm", "report"}
-    expected |= {f"unlearn@{m}" for m in params["unlearn"]["methods"]}
-    assert set(stages) == expected
-    rules = set(snakemake("--list-rules").stdout.split())
-    for name, stage in stages.items():
-        target = stage["cmd"].split(" -- ")[-1].strip()
-        allowed = re.search(r"--allowed-rules (.*?) --", stage["cmd"]).group(1).split()
-        produced = snakemake_target_outputs(target)
-        assert set(allowed) <= rules, f"{name}: unknown rules {set(allowed) - rules}"
-        # every output Snakemake makes for this phase lies inside one of the stage's outs
-        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
-        phase_files = {
-            p for p in produced if not any(p.startswith(o) for o in _upstream(stages, name))
+def test_dvc_stages_partition_the_snakemake_dag():
+    """Each Snakemake output lies in exactly one stage's outs and is made by a rule that stage
+    allows; every input a job reads is an output of its own stage or a dep of the stage; every
+    out and every target of a stage is made by its jobs."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    allowed = {
+        name: re.search(r"--allowed-rules (.*?) --", st["cmd"]).group(1).split()
+        for name, st in stages.items()
+    }
+    made: dict[str, set[str]] = {name: set() for name in stages}
+    for job in dry_run_jobs():
+        owners = {
+            name for o in job["output"] for name, st in stages.items() if covers(st["outs"], o)
         }
-        for path in phase_files:
-            assert any(path == o or path.startswith(o.rstrip("/") + "/") for o in outs), (
-                f"stage {name}: Snakemake output {path} is not under any dvc out {outs}"
+        if not job["output"]:
+            continue  # a phase target (aggregate rule)
+        assert len(owners) == 1, f"{job['rule']} {job['output']}: in stages {owners or 'none'}"
+        (name,) = owners
+        assert job["rule"] in allowed[name], f"{job['rule']} runs in stage {name}, not allowed"
+        made[name].update(job["output"])
+        for path in job["input"]:
+            assert covers(stages[name]["outs"], path) or covers(stages[name]["deps"], path), (
+                f"stage {name}: {job['rule']} reads {path}, not a dep"
             )
-        # and every dvc out is something the phase really produces
-        for o in outs:
-            assert any(p == o or p.startswith(o.rstrip("/") + "/") for p in phase_files), (
-                f"stage {name}: dvc out {o} is produced by no job of target {target}"
-            )
-
-
-def _upstream(stages, name):
-    """Outs of every other stage: files a phase target needs but does not make."""
-    return [
-        o if isinstance(o, str) else next(iter(o))
-        for other, stage in stages.items()
-        if other != name
-        for o in stage["outs"]
-    ]
+    for name, st in stages.items():
+        for out in st["outs"]:
+            assert any(covers([out], f) for f in made[name]), f"{name}: no job makes {out}"
+        targets = st["cmd"].split(" -- ")[-1].split()
+        for target in targets:
+            assert target in made[name] or target in allowed[name], f"{name}: target {target}"
 
 
 def test_pyproject_and_environment_list_the_same_packages():

@@ -4,6 +4,7 @@ authors' defects named one by one, and every method moving a real model."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from clearbench.eval.text import answer_losses
 from clearbench.models.factory import load_model, load_tokenizer, read_model_json
 from clearbench.train.qa import Answers
 from clearbench.unlearn.methods import METHODS, Context, Step, register, token_kl
+from clearbench.unlearn.registry import DECLARED, Declared
 from clearbench.unlearn.run import LOSSES, reference_logps, text_track, train_reference, unlearn
 from tests.conftest import LORA, ROOT
 
@@ -199,6 +201,7 @@ def test_rmu_steers_forget_states_to_c_u_and_keeps_retain_states():
 
 
 def test_every_registered_method_declares_its_params_section():
+    assert set(METHODS) == set(DECLARED), "each declared method has its objective, and back"
     for name, method in METHODS.items():
         assert set(METHOD_HP[name]) == set(method.hp), name
 
@@ -309,19 +312,26 @@ def test_every_run_records_chain_and_time(runs, original_dir):
         assert meta["adapters"][: len(chain)] == chain and len(meta["adapters"]) == len(chain) + 1
 
 
+@contextmanager
+def method_for_this_test(name, objective):
+    DECLARED[name] = Declared()
+    register(name)(objective)
+    try:
+        yield
+    finally:
+        METHODS.pop(name), DECLARED.pop(name)
+
+
 def test_idk_methods_train_on_idk_answers_never_the_true_ones(original_dir, track, tmp_path):
     seen = []
 
-    @register("test_spy")
     def spy(ctx, step):
         seen.append(step)
         return {"idk": ctx.answers(step.idk).nll().mean()}
 
-    try:
+    with method_for_this_test("test_spy", spy):
         unlearn(str(original_dir), str(tmp_path / "spy"), hp("ga", epochs=1) | {"method": "test_spy"},
                 track)  # fmt: skip
-    finally:
-        METHODS.pop("test_spy")
     tok = load_tokenizer(read_model_json(original_dir)["base"])
     phrasings, truths = set(idk_answers()), {s.answer for s in track.forget}
     for step in seen:
@@ -356,32 +366,26 @@ def test_dpo_with_a_diverged_reference_is_a_status_row(original_dir, track, tmp_
 
 
 def test_nan_loss_marks_diverged_without_crash(original_dir, track, tmp_path):
-    @register("test_nan")
     def nan_loss(ctx, step):
         return {"forget": ctx.answers(step.forget).nll().mean() * float("nan")}
 
-    try:
+    with method_for_this_test("test_nan", nan_loss):
         out = tmp_path / "nan"
         result = unlearn(str(original_dir), str(out), hp("ga") | {"method": "test_nan"}, track)
         assert result["status"] == "diverged"
         meta = read_model_json(out)
         assert meta["status"] == "diverged"
         assert meta["adapters"] == read_model_json(original_dir)["adapters"], "no NaN adapter kept"
-    finally:
-        METHODS.pop("test_nan")
 
 
 def test_finite_loss_with_nan_gradient_is_diverged_not_a_nan_adapter(original_dir, track, tmp_path):
-    @register("test_nan_grad")
     def nan_gradient(ctx, step):
         nll = ctx.answers(step.forget).nll().mean()
         return {"forget": torch.sqrt(nll - nll.detach())}  # value 0, gradient 1/(2*sqrt(0))
 
-    try:
+    with method_for_this_test("test_nan_grad", nan_gradient):
         out = tmp_path / "nan_grad"
         result = unlearn(str(original_dir), str(out), hp("ga") | {"method": "test_nan_grad"}, track)
-    finally:
-        METHODS.pop("test_nan_grad")
     assert result["status"] == "diverged"
     assert read_model_json(out)["adapters"] == read_model_json(original_dir)["adapters"]
     assert not (out / "adapter").exists()

@@ -13,9 +13,9 @@ import yaml
 
 from clearbench.config import ConfigError, check
 from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
-from clearbench.vision.methods import HP as VISION_HP
 from clearbench.vision.methods import METHODS as VISION_METHODS
-from clearbench.vision.methods import declared
+from clearbench.vision.registry import HP as VISION_HP
+from clearbench.vision.registry import declared
 from tests.conftest import dry_run_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,6 +302,7 @@ def test_shipped_params_pass():
 
 def test_vision_declarations_match_the_functions():
     """Each vision method declares exactly its keyword hyperparameters, and its defaults pass."""
+    assert set(VISION_METHODS) == set(VISION_HP)
     for name, fn in VISION_METHODS.items():
         defaults = {
             k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "step"

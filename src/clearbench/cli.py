@@ -118,6 +118,12 @@ def cmd_leaderboard(a) -> dict:
     )
 
 
+def cmd_report_html(a) -> dict:
+    from clearbench.report.html import build_html_report
+
+    return build_html_report(a.leaderboard, a.out, a.tables, a.plots, a.vision, a.images)
+
+
 def cmd_benchmarks(a) -> dict:
     from clearbench.report.bench import collect, summary
 
@@ -134,6 +140,32 @@ def cmd_bench_scale(a) -> dict:
                   a.text_len, a.out, with_estimate=not a.no_estimate)  # fmt: skip
     keys = ("device", "dtype", "total_hours", "hours_unit", "gpu_hours", "dag_error")
     return {k: summary[k] for k in keys if k in summary} | {"out": a.out}
+
+
+def cmd_dvc_yaml(a) -> dict:
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import update_config
+
+    from clearbench.dvc_stages import render
+    from clearbench.io import write_text_atomic
+
+    params = Path(a.params)
+    config = yaml.safe_load(params.read_text())
+    if a.profile:
+        # DVC reads params.yaml alone: a profile is put under DVC by writing it there, merged
+        update_config(config, yaml.safe_load(Path(a.profile).read_text()) or {})
+        header = f"# params.yaml overlaid with {a.profile} (python -m clearbench dvc-yaml)\n"
+        write_text_atomic(params, header + yaml.safe_dump(config, sort_keys=False))
+    text = render(config)
+    out = Path(a.out)
+    if a.check:
+        if not out.is_file() or out.read_text() != text:
+            raise ValueError(f"{out} is not current: run `python -m clearbench dvc-yaml`")
+        return {"current": str(out)}
+    write_text_atomic(out, text)
+    return {"stages": text.count("\n    cmd: "), "out": str(out)}
 
 
 def json_arg(text: str) -> dict:
@@ -213,6 +245,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)
+    s = stage("report-html", cmd_report_html, "one self-contained HTML page of the results")
+    s.add_argument("--leaderboard", required=True, help="results/leaderboard.csv")
+    s.add_argument("--tables", help="folder of the paper's and per-track tables")
+    s.add_argument("--plots", help="folder of the plots")
+    s.add_argument("--vision", help="the vision report's folder (Table 2, Figure 6)")
+    s.add_argument("--images", help="the CLEAR data folder (data card, contact sheets)")
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from params.yaml (one stage per method)")
+    s.set_defaults(fn=cmd_dvc_yaml)
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--profile", help="overlay a profile (config/*.yaml) onto --params first")
+    s.add_argument("--out", default="dvc.yaml")
+    s.add_argument("--check", action="store_true", help="fail if --out is not current")
     s = stage("benchmarks", cmd_benchmarks, "summarize benchmarks/ (slowest jobs first)")
     s.add_argument("folder", nargs="?", default="benchmarks")
     s.add_argument("--top", type=int, default=10)

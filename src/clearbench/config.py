@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from importlib import metadata
 from pathlib import Path
 
 import jsonschema
@@ -10,6 +12,7 @@ import yaml
 
 from clearbench import compute
 from clearbench.hparams import Param, param
+from clearbench.io import write_text_atomic
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 TOFU_FILES = [
@@ -104,13 +107,15 @@ def check(
     known_methods: dict[str, dict[str, Param | type]] | None = None,
     root: Path | None = None,
     known_vision_methods: dict[str, dict[str, Param | type]] | list[str] | None = None,
+    checked_models: Path | None = None,
 ) -> None:
     """Raise ConfigError with one line for the first problem found.
 
     `known_methods` maps each language-track method to its declared hyperparameters (name ->
     Param, or a bare type); `known_vision_methods` the same for the vision track (a list: the
     names only). `root` is the workflow folder: its schema and relative paths are the ones
-    that apply.
+    that apply. `checked_models`: a file remembering model sections that already built, so
+    that a workflow parse imports transformers (and with it torch) only when one changed.
     """
     errors = schema_errors(config, root / SCHEMA.relative_to(SCHEMA.parents[2]) if root else SCHEMA)
     if errors:
@@ -143,7 +148,7 @@ def check(
                 )
     if "vision" in config["tracks"]:
         check_vision(config, known_vision_methods)
-    check_models(config, root)
+    check_models(config, root, checked_models)
     check_published(config, root)
     text = config["data"]["text"]
     if text["source"] == "tofu" and not str(text.get("tofu_dir", "")).startswith("hub:"):
@@ -291,16 +296,24 @@ PIPELINE_KEYS = {
 }
 
 
-def check_models(config: dict, root: Path | None) -> None:
+def check_models(config: dict, root: Path | None, checked: Path | None = None) -> None:
     """Each model section builds the transformers config it describes (no weights): ResNet for
     vision, Llama for text, LLaVA (CLIP vision tower + Llama) for vlm; a local checkpoint
-    exists."""
+    exists. Sections listed in the `checked` file built before and are not built again."""
+    seen = set(json.loads(checked.read_text())) if checked and checked.is_file() else set()
+    passed = []
     for track in ("text", "vlm", "vision"):
         model = (config.get(track) or {}).get("model") or {}
         checkpoint = model.get("checkpoint")
         if checkpoint and track in config["tracks"]:
             check_path(f"{track}.model.checkpoint", checkpoint, root, "checkpoint folder")
         if "config" not in model:
+            continue
+        # the transformers version is part of the key: a new release may reject a key
+        key = json.dumps([track, model["config"], (config.get(track) or {}).get("vocab_size"),
+                          metadata.version("transformers")], sort_keys=True)  # fmt: skip
+        passed.append(key)
+        if key in seen:
             continue
         cfg, where = model["config"], f"{track}.model.config"
         if track == "vision":
@@ -319,6 +332,9 @@ def check_models(config: dict, root: Path | None) -> None:
             }
             rest = {k: v for k, v in cfg.items() if k not in parts}
             build_config("LlavaConfig", rest, where, extra=parts)
+    if checked and not seen.issuperset(passed):
+        checked.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(checked, json.dumps(sorted(seen | set(passed))))
 
 
 def config_class(name: str):

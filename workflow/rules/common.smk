@@ -3,11 +3,14 @@ import os
 import sys
 from pathlib import Path
 
+from clearbench import dag
 from clearbench.compute import ComputeError, check_device
+from clearbench.dag import model_dir, retain_of
 from clearbench.config import ConfigError, check, compute_section, unlearn_stage_hp, vlm_stage_hp
-from clearbench.unlearn.methods import METHODS
-from clearbench.vision.methods import METHODS as VISION_METHODS
-from clearbench.vision.methods import declared as vision_methods_declared
+# the registries of names and hyperparameters, not the methods: parsing imports no torch
+from clearbench.unlearn.registry import DECLARED as METHODS
+from clearbench.vision.registry import HP as VISION_METHODS
+from clearbench.vision.registry import declared as vision_methods_declared
 
 try:
     check(
@@ -15,6 +18,7 @@ try:
         known_methods={name: method.hp for name, method in METHODS.items()},
         root=Path(workflow.basedir),
         known_vision_methods=vision_methods_declared(),
+        checked_models=Path(".snakemake/clearbench/checked-models.json"),
     )
 except ConfigError as err:
     # one line, before any job runs (a raised exception would print a traceback)
@@ -40,8 +44,7 @@ SPLITS = config["data"]["splits"]
 FRACTIONS = config["data"]["forget_fractions"]
 UNLEARN = config["unlearn"]
 METHOD_NAMES = UNLEARN["methods"]
-L1_TAGS = ["l1" if on else "nol1" for on in UNLEARN["l1"]]
-LANGUAGE_TRACKS = [t for t in ("text", "vlm") if t in config["tracks"]]
+LANGUAGE_TRACKS = dag.language_tracks(config)
 THREADS = config["compute"]["threads"]
 COMPUTE = compute_section(config)  # device and precision of every text and vlm job
 VLM = config.get("vlm", {})
@@ -49,11 +52,6 @@ VLM_ON = "vlm" in config["tracks"]
 # base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
 # the --cores given (reading workflow.cores here would break runs without --cores)
 SOLO_THREADS = max(THREADS, 8)
-
-
-def retain_of(split):
-    """forget10 -> retain90: the complement, named as TOFU does."""
-    return f"retain{100 - int(split[len('forget'):]):02d}"
 
 
 def hp(**values):
@@ -67,45 +65,15 @@ def src(*modules):
 
 
 def unlearned_models(track="text"):
-    """`method-l1-modality` of every unlearning run of a language track: each method without and
-    with l1 (text: text modality; vlm: each of unlearn.modalities), and the modality study's
-    methods also in its modalities, without l1 (the paper's Table 3)."""
-    if track == "text":
-        runs = [(m, l1, "text") for m in METHOD_NAMES for l1 in L1_TAGS]
-    else:
-        runs = [(m, l1, mod) for m in METHOD_NAMES for l1 in L1_TAGS for mod in UNLEARN["modalities"]]
-        study = UNLEARN["modality_study"]
-        runs += [
-            (m, "nol1", mod)
-            for m in study["methods"]
-            if m in METHOD_NAMES
-            for mod in study["modalities"]
-        ]
-    return list(dict.fromkeys("-".join(run) for run in runs))
+    return dag.unlearned_models(config, track)
 
 
 def evaluated_models(track="text"):
-    return ["original", "gold"] + unlearned_models(track)
+    return dag.evaluated_models(config, track)
 
 
 def all_metrics():
-    """Metrics files of the models evaluated per-sample (text, vlm), one leaderboard row each."""
-    return [
-        f"results/metrics/{track}/{split}/{model}.json"
-        for track in config["tracks"]
-        if track != "vision"
-        for split in SPLITS
-        for model in evaluated_models(track)
-    ]
-
-
-def model_dir(track, split, model):
-    if model == "original":
-        return f"results/models/{track}/original"
-    if model == "gold":
-        return f"results/models/{track}/gold/{split}"
-    method, l1, modality = model.split("-")
-    return f"results/models/{track}/unlearn/{method}/{split}/{l1}-{modality}"
+    return dag.all_metrics(config)
 
 
 def resources(phase):

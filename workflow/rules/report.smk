@@ -35,3 +35,33 @@ rule leaderboard:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
         " --models {input.models} {params.vision} --tables {output.tables} --plots {output.plots}"
         " --out {output.csv} > {log} 2>&1"
+
+
+rule html_report:
+    """One self-contained HTML page (images embedded): the leaderboard, the paper's tables,
+    every plot, Table 2 / Figure 6 and the CLEAR data card and contact sheets."""
+    input:
+        csv=rules.leaderboard.output.csv,
+        tables=rules.leaderboard.output.tables,
+        plots=rules.leaderboard.output.plots,
+        vision_report=VISION_OUTPUTS if VISION_ON else [],
+        data_card=CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
+        code=src("report/html"),
+    output:
+        "results/report.html",
+    params:
+        # the folders of the optional inputs; without them the page says what it skipped
+        vision=f"--vision {Path(VISION_OUTPUTS[0]).parent}" if VISION_ON else "",
+        images=f"--images {CLEAR_DATA}" if config["data"]["clear"]["build"] else "",
+    log:
+        "logs/report/html_report.log",
+    benchmark:
+        "benchmarks/report/html_report.tsv"
+    threads: 1
+    resources:
+        **resources("cpu"),
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m clearbench report-html --leaderboard {input.csv} --tables {input.tables}"
+        " --plots {input.plots} {params.vision} {params.images} --out {output} > {log} 2>&1"

@@ -3,6 +3,7 @@
 UNLEARN_CODE = (
     "unlearn/run",
     "unlearn/methods",
+    "unlearn/registry",
     "data/idk",
     "train/text",
     "train/qa",

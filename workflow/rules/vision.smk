@@ -8,10 +8,7 @@ VISION_METHOD_NAMES = VISION.get("methods", [])
 VISION_FAMILIES = ["original", "gold", *VISION_METHOD_NAMES]
 # F is the authors of the largest forget split (data/clear.py, vision_roles)
 VISION_SPLIT = max(FRACTIONS, key=lambda name: int(name[len("forget") :]))
-VISION_CHUNKS = [
-    f"{a}-{min(a + VISION['chunk'], VISION['n_models'])}"
-    for a in range(0, VISION.get("n_models", 0), VISION.get("chunk", 1))
-]
+VISION_CHUNKS = dag.vision_chunks(config)
 VISION_CODE = ("vision/protocol", "vision/model", "vision/ensemble", "vision/mia")
 VISION_DATA = dict(full=f"{CLEAR_DATA}/full.parquet", split=f"{CLEAR_DATA}/vision_split.parquet")
 
@@ -84,7 +81,7 @@ rule vision_unlearn:
     input:
         **VISION_DATA,
         state="results/models/vision/original/models{chunk}.pt",
-        code=src(*VISION_CODE, "vision/methods"),
+        code=src(*VISION_CODE, "vision/methods", "vision/registry"),
     output:
         state="results/models/vision/unlearn/{vmethod}/models{chunk}.pt",
         scores="results/models/vision/unlearn/{vmethod}/models{chunk}.scores.parquet",

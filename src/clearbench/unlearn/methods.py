@@ -15,8 +15,9 @@ Formulas: CLEAR Appendix A. Conventions where the paper leaves a choice:
 - The frozen original is the same model with the unlearning adapter disabled, without
   gradient: no second copy of the base.
 
-Adding a method: one function here, registered with the names, types and ranges of its
-hyperparameters (clearbench.hparams.Param), plus its section in params.yaml `unlearn.method_hp`.
+Adding a method: its entry in registry.py (hyperparameter types and ranges, read by the
+workflow without torch), its objective here (`@register(name)`), its section in params.yaml
+`unlearn.method_hp`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
+from clearbench.hparams import Param
 from clearbench.train.qa import Answers, answer_outputs
+from clearbench.unlearn.registry import DECLARED
 
 
 @dataclass
@@ -72,9 +74,13 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, reference: bool = False, **hp: Param):
+def register(name: str):
+    """The objective of `name`, with its declaration from registry.py."""
+    if name not in DECLARED:
+        raise KeyError(f"unlearning method {name!r}: declare it in clearbench/unlearn/registry.py")
+
     def add(fn: Objective) -> Objective:
-        METHODS[name] = Method(fn, hp, reference)
+        METHODS[name] = Method(fn, DECLARED[name].hp, DECLARED[name].reference)
         return fn
 
     return add
@@ -133,7 +139,7 @@ def idk_tuning(ctx: Context, step: Step):
     }
 
 
-@register("dpo", reference=True, beta=POSITIVE, lambda1=WEIGHT, lambda2=WEIGHT)
+@register("dpo")
 def preference_optimisation(ctx: Context, step: Step):
     """lambda1 NLL(idk) + lambda2 DPO with chosen = the IDK answer, rejected = the true answer,
     against a reference tuned on the IDK forget set."""
@@ -146,7 +152,7 @@ def preference_optimisation(ctx: Context, step: Step):
     }
 
 
-@register("npo", beta=POSITIVE)
+@register("npo")
 def negative_preference_optimisation(ctx: Context, step: Step):
     """(2/beta) log(1 + (p(y|x) / p_orig(y|x))^beta) on forget (Zhang et al., 2024)."""
     beta = ctx.hp["beta"]
@@ -154,7 +160,7 @@ def negative_preference_optimisation(ctx: Context, step: Step):
     return {"forget": -(2 / beta) * F.logsigmoid(-beta * ratio).mean()}
 
 
-@register("simnpo", beta=POSITIVE, delta=Param(float), forget_weight=WEIGHT, retain_weight=WEIGHT)
+@register("simnpo")
 def simple_npo(ctx: Context, step: Step):
     """Reference-free NPO on the length-normalised likelihood, plus retain NLL (Fan et al., 2024):
     -(2/beta) log sigmoid(beta (NLL(y|x)/|y| - delta))."""
@@ -168,7 +174,7 @@ def simple_npo(ctx: Context, step: Step):
     }
 
 
-@register("scrub", alpha=WEIGHT, gamma=WEIGHT)
+@register("scrub")
 def scrub(ctx: Context, step: Step):
     """Student (trained) disobeys teacher (original) on forget, obeys on retain (Kurmanji et
     al., 2023), with d = KL(teacher || student): alpha d_R - d_F + gamma NLL_R, one loss."""
@@ -181,7 +187,7 @@ def scrub(ctx: Context, step: Step):
     }
 
 
-@register("llmu", forget_weight=WEIGHT, idk_weight=WEIGHT, retain_weight=WEIGHT)
+@register("llmu")
 def llmu(ctx: Context, step: Step):
     """Forget ascent + "I don't know" answers + forward KL(current || original) on retain
     (Yao et al., 2024, with CLEAR's IDK labels in place of random ones)."""
@@ -200,7 +206,7 @@ def rmu_direction(seed: int, size: int, device) -> torch.Tensor:
     return (u / u.norm()).to(device)
 
 
-@register("rmu", layer=Param(int, low=1), c=Param(float, low=0), alpha=WEIGHT, seed=SEED)
+@register("rmu")
 def rmu(ctx: Context, step: Step):
     """Hidden states of `layer` steered to c*u on forget, kept at the original's on retain
     (Li et al., 2024)."""

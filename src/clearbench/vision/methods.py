@@ -10,9 +10,9 @@ ascends the forget loss along the part of its gradient orthogonal to the retain 
 
 `step` (class Step) holds the forget batch (xf, yf) and the retain batch (xr, yr) of each model,
 lazily computed student outputs (train mode) and teacher outputs (the original model, frozen,
-eval mode), and per-model random generators. Adding a method = one function here, registered
-with the types and ranges of its keyword hyperparameters (clearbench.hparams.Param), + its name
-in params (vision.methods).
+eval mode), and per-model random generators. Adding a method: its entry in registry.py (names and
+hyperparameter ranges, read by the workflow without torch), one function here, its name in
+params (vision.methods).
 """
 
 from __future__ import annotations
@@ -23,34 +23,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
 from clearbench.vision.model import identity_loss, masked
+from clearbench.vision.registry import HP
 
-METHODS: dict = {}
-# name -> its declared hyperparameters (all optional: the function's defaults apply)
-HP: dict[str, dict[str, Param]] = {}
-# what any method's section may also override (clearbench.vision.protocol.unlearn_task)
-OPTIMIZER_HP = {
-    "lr": POSITIVE,
-    "momentum": Param(float, low=0, high=1),
-    "weight_decay": WEIGHT,
-    "epochs": Param(int, low=0),
-    "batch_size": Param(int, low=1),
-}
+METHODS: dict = {}  # name -> loss function; names and hyperparameters: registry.py
 
 
-def register(name, **hp: Param):
+def register(name):
+    if name not in HP:
+        raise KeyError(f"vision method {name!r}: declare it in clearbench/vision/registry.py")
+
     def add(fn):
-        METHODS[name], HP[name] = fn, hp
+        METHODS[name] = fn
         return fn
 
     return add
-
-
-def declared() -> dict[str, dict[str, Param]]:
-    """Each method's hyperparameters as its params section may set them: its own and the
-    optimizer overrides."""
-    return {name: {**OPTIMIZER_HP, **HP[name]} for name in METHODS}
 
 
 class Step:
@@ -150,13 +137,13 @@ def retain_ft(step):
     return step.ce(step.sr, step.yr)
 
 
-@register("neggrad", forget_weight=WEIGHT)
+@register("neggrad")
 def neggrad(step, forget_weight=1.0):
     """Gradient ascent on forget with descent on retain (App. A.3, gradient difference)."""
     return -forget_weight * step.ce(step.sf, step.yf) + step.ce(step.sr, step.yr)
 
 
-@register("scrub", alpha=WEIGHT, gamma=WEIGHT, temperature=POSITIVE)
+@register("scrub")
 def scrub(step, alpha=1.0, gamma=1.0, temperature=1.0):
     """SCRUB (App. A.8): L = alpha KL_R - KL_F + gamma CE_R, KL(teacher || student)."""
     lp = lambda out: step.log_probs(out, temperature)  # noqa: E731
@@ -175,13 +162,7 @@ def scrub_bio(step):
     return l_f + l_r
 
 
-@register(
-    "twins",
-    shift=Param(int, low=0),
-    noise=WEIGHT,
-    jitter=WEIGHT,
-    distance=Param(str, choices=("l2", "kl")),
-)
+@register("twins")
 def twins(step, shift=3, noise=0.3, jitter=0.3, distance="l2"):
     """Twins (App. A.11): match the original's output on *augmented* forget images (a proxy for
     an unseen image of the same person: the models are trained without augmentation), and
@@ -197,13 +178,13 @@ def twins(step, shift=3, noise=0.3, jitter=0.3, distance="l2"):
     return l_f + l_r
 
 
-@register("sparsity", l1_lambda=WEIGHT)
+@register("sparsity")
 def sparsity(step, l1_lambda=5e-4):
     """Retain finetuning with an L1 penalty on all weights (App. A.13, Jia et al. 2024)."""
     return step.ce(step.sr, step.yr) + l1_lambda * l1(step.params, step.xr.shape[0])
 
 
-@register("llmu", random_weight=WEIGHT, retain_weight=WEIGHT)
+@register("llmu")
 def llmu(step, random_weight=1.0, retain_weight=1.0):
     """LLMU (App. A.9): ascent on forget + CE towards random retain identities on forget images
     (the original method's random labels; there is no "I don't know" identity) + forward
@@ -216,7 +197,7 @@ def llmu(step, random_weight=1.0, retain_weight=1.0):
     )
 
 
-@register("rmu", layer=Param(int, low=0), c=Param(float, low=0), alpha=WEIGHT, seed=SEED)
+@register("rmu")
 def rmu(step, layer=3, c=6.5, alpha=1.0, seed=0):
     """RMU (App. A.10): steer the stage-`layer` features of forget images (per spatial position,
     the image analogue of per-token) to c*u, u a fixed random unit vector with U[0, 1] entries;
@@ -230,7 +211,7 @@ def rmu(step, layer=3, c=6.5, alpha=1.0, seed=0):
     return l_f + alpha * l_r
 
 
-@register("dpo", beta=POSITIVE, lambda1=WEIGHT, lambda2=WEIGHT)
+@register("dpo")
 def dpo(step, beta=0.1, lambda1=1.0, lambda2=1.0):
     """DPO adapted (App. A.6): on forget images prefer a random retain identity y_w over the
     true identity y_l; reference = the original model (the paper's reference is tuned on "I

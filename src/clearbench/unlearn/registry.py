@@ -1,0 +1,37 @@
+"""The language tracks' unlearning methods by name: each one's hyperparameters (types and
+ranges) and whether it needs DPO's reference model. No torch: the workflow reads this to name
+its jobs and check params before any job, and the objectives (methods.py) are imported only by
+the jobs that train.
+
+Adding a method: its entry here, its objective in methods.py (`@register(name)`), and its
+section in params.yaml `unlearn.method_hp`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
+
+
+@dataclass(frozen=True)
+class Declared:
+    hp: dict[str, Param] = field(default_factory=dict)  # checked against params before any job
+    reference: bool = False  # needs the DPO reference model (tuned on the IDK forget set)
+
+
+DECLARED: dict[str, Declared] = {
+    "retain_ft": Declared(),
+    "ga": Declared(),
+    "gd": Declared(),
+    "kl": Declared(),
+    "idk": Declared(),
+    "dpo": Declared(dict(beta=POSITIVE, lambda1=WEIGHT, lambda2=WEIGHT), reference=True),
+    "npo": Declared(dict(beta=POSITIVE)),
+    "simnpo": Declared(
+        dict(beta=POSITIVE, delta=Param(float), forget_weight=WEIGHT, retain_weight=WEIGHT)
+    ),
+    "scrub": Declared(dict(alpha=WEIGHT, gamma=WEIGHT)),
+    "llmu": Declared(dict(forget_weight=WEIGHT, idk_weight=WEIGHT, retain_weight=WEIGHT)),
+    "rmu": Declared(dict(layer=Param(int, low=1), c=Param(float, low=0), alpha=WEIGHT, seed=SEED)),
+}

@@ -1,0 +1,154 @@
+"""DVC on the smoke profile, as a user runs it: one method's parameter reruns that method's stages
+and the report only; switching it back restores the earlier results from the run-cache; a push
+to a local remote, then a fresh clone and a pull, leave Snakemake and DVC with nothing to do; a
+direct Snakemake run recorded with `dvc commit` leaves `dvc repro` with nothing to do."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clearbench import dag
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+PROJECT = ["Snakefile", "workflow", "config", "src", "params.yaml", ".dvcignore", ".gitignore",
+           "environment.yml", "pyproject.toml"]  # fmt: skip
+ENV = os.environ | {
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}  # fmt: skip
+
+
+def sh(cwd: Path, *cmd: str, timeout: int = 900) -> str:
+    run = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, f"{' '.join(cmd)}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout + run.stderr
+
+
+def snakemake(cwd: Path, *args: str) -> str:
+    return sh(cwd, sys.executable, "-m", "snakemake", *args)
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    return sh(cwd, sys.executable, "-m", "dvc", *args)
+
+
+def ran_stages(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def set_dpo(project: Path, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["unlearn"]["method_hp"]["dpo"] |= values
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def files(project: Path, folder: str, times: bool = True) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(f.relative_to(project)): (f.read_bytes(), f.stat().st_mtime_ns if times else 0)
+        for f in sorted((project / folder).rglob("*"))
+        if f.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The smoke profile as a DVC project, reproduced once."""
+    root = tmp_path_factory.mktemp("dvc") / "project"
+    root.mkdir()
+    for name in PROJECT:
+        source = ROOT / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+            shutil.copytree(source, root / name, ignore=ignore)
+        else:
+            shutil.copy2(source, root / name)
+    sh(root, "git", "init", "-q")
+    dvc(root, "init", "-q")
+    sh(root, sys.executable, "-m", "clearbench", "dvc-yaml", "--profile", "config/smoke.yaml")
+    log = dvc(root, "repro")
+    assert "report" in ran_stages(log)
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "smoke under DVC")
+    return root
+
+
+def test_one_method_reruns_alone_and_comes_back_from_the_run_cache(project):
+    config = yaml.safe_load((project / "params.yaml").read_text())
+    before = files(project, "results")
+    benchmarks = files(project, "benchmarks", times=False)  # Snakemake's timing of each job
+    leaderboard = (project / "results/leaderboard.csv").read_bytes()
+    set_dpo(project, beta=0.3)
+
+    # Snakemake: DPO's unlearning, its evaluations and metrics, and the reports; nothing else
+    plan = snakemake(project, "-n")
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: (.*)$", plan, re.M)
+    dpo = {
+        path
+        for track in ("text", "vlm")
+        for split in config["data"]["splits"]
+        for model in dag.unlearned_models(config, track, "dpo")
+        for path in (dag.model_dir(track, split, model), dag.eval_table(track, split, model),
+                     dag.metrics_file(track, split, model))
+    }  # fmt: skip
+    reports = {"results/leaderboard.csv", "results/report.html"}
+    rerun = {out.split(", ")[0] for rule, out in jobs if rule != "all"}
+    assert rerun == dpo | reports
+
+    # DVC: the two DPO stages and the report; the other files keep their bytes and times
+    log = dvc(project, "repro")
+    assert ran_stages(log) == {"text-dpo", "vlm-dpo", "report"}
+    after = files(project, "results")
+    report = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["report"]["outs"]
+    kept = {p for p in before if "dpo" not in p and not any(p.startswith(o) for o in report)}
+    assert kept and [p for p in kept if after[p] != before[p]] == [], "the same bytes and times"
+    ran = files(project, "benchmarks", times=False)
+    assert {p for p in ran if ran[p] != benchmarks.get(p)} == {
+        p
+        for p in ran
+        if "dpo" in p or p.startswith(("benchmarks/report", "benchmarks/vision/report"))
+    }
+    assert (project / "results/leaderboard.csv").read_bytes() != leaderboard
+
+    # back to the earlier value: restored without running anything
+    set_dpo(project, beta=yaml.safe_load((ROOT / "params.yaml").read_text())["unlearn"]
+            ["method_hp"]["dpo"]["beta"])  # fmt: skip
+    log = dvc(project, "repro")
+    assert ran_stages(log) == set() and log.count("is cached - skipping run") == 3
+    assert (project / "results/leaderboard.csv").read_bytes() == leaderboard
+    assert files(project, "benchmarks", times=False) == ran, "no job ran"
+    assert "Nothing to be done" in snakemake(project, "-n")
+    assert "up to date" in dvc(project, "status")
+
+
+def test_a_pulled_clone_has_nothing_to_do_and_records_a_direct_run(project, tmp_path):
+    dvc(project, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    dvc(project, "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    shutil.copy2(project / ".dvc/config", clone / ".dvc/config")  # the remote (not committed)
+    dvc(clone, "pull")
+    assert (clone / "results/leaderboard.csv").read_bytes() == (
+        project / "results/leaderboard.csv"
+    ).read_bytes()
+    assert "Nothing to be done" in snakemake(clone, "-n")
+    assert "up to date" in dvc(clone, "status")
+
+    # Snakemake run directly (no record of its own in a clone): it reruns what DVC would ...
+    set_dpo(clone, lambda1=0.5)
+    log = snakemake(clone, "--cores", "2")
+    assert "text_unlearn" in log and "vlm_unlearn" in log and "text_base" not in log
+    # ... and `dvc commit` records it: nothing left for DVC or Snakemake
+    dvc(clone, "commit", "--force")
+    assert "up to date" in dvc(clone, "status")
+    assert ran_stages(dvc(clone, "repro")) == set()
+    assert "Nothing to be done" in snakemake(clone, "-n")
