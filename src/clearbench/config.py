@@ -307,8 +307,8 @@ def check_models(config: dict, root: Path | None, checked: Path | None = None) -
         checkpoint = model.get("checkpoint")
         if checkpoint and track in config["tracks"]:
             check_path(f"{track}.model.checkpoint", checkpoint, root, "checkpoint folder")
-        if "config" not in model:
-            continue
+        if "config" not in model or checkpoint:
+            continue  # a checkpoint loads as its own config says (models.factory)
         # the transformers version is part of the key: a new release may reject a key
         key = json.dumps([track, model["config"], (config.get(track) or {}).get("vocab_size"),
                           metadata.version("transformers")], sort_keys=True)  # fmt: skip
