@@ -95,7 +95,8 @@ def _merge(base, overlay):
         (
             "unlearn.method_hp.scrub",
             {"alpha": 1.0, "gamma": 1.0, "temp": 2.0},
-            "unlearn.method_hp.scrub.temp: unknown hyperparameter (known: alpha, gamma)",
+            "unlearn.method_hp.scrub.temp: unknown hyperparameter (known: alpha, batch_size, epochs,"
+            " gamma, lr, weight_decay)",
         ),
         ("unlearn.method_hp.scrubb", {}, "unlearn.method_hp: unknown method 'scrubb'"),
         (

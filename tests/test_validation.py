@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clearbench.config import ConfigError, check
+from clearbench.config import ConfigError, check, unlearn_stage_hp
 from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
 from clearbench.vision.methods import METHODS as VISION_METHODS
 from clearbench.vision.registry import HP as VISION_HP
@@ -147,7 +147,11 @@ CASES = [
     (
         {"unlearn.method_hp.llmu.idk_wieght": 1.0},
         "unlearn.method_hp.llmu.idk_wieght: unknown hyperparameter"
-        " (known: forget_weight, idk_weight, retain_weight)",
+        " (known: batch_size, epochs, forget_weight, idk_weight, lr, retain_weight, weight_decay)",
+    ),
+    (
+        {"unlearn.method_hp.ga.lr": 0},
+        "unlearn.method_hp.ga.lr: 0 is less than or equal to the minimum of 0",
     ),
     (
         {"unlearn.methods": ["ga", "forget_everything"]},
@@ -348,3 +352,12 @@ def test_snakemake_stops_before_any_job(tmp_path, text, message):
     assert run.stderr.strip().splitlines() == [f"error: params error at {message}"]
     assert "Traceback" not in run.stdout + run.stderr
     assert not {"data", "results", "logs"} & {p.name for p in work.iterdir()}
+
+
+def test_a_methods_own_learning_rate_reaches_its_jobs_alone():
+    config = overlay({"unlearn.method_hp.ga.lr": 5e-4, "unlearn.method_hp.ga.epochs": 2})
+    check(config, METHODS, ROOT, declared())
+    ga = unlearn_stage_hp(config, "text", "ga", False)
+    assert (ga["lr"], ga["epochs"]) == (5e-4, 2) and "lr" not in ga["method_hp"]
+    gd = unlearn_stage_hp(config, "text", "gd", False)
+    assert gd == unlearn_stage_hp(PARAMS, "text", "gd", False), "other methods keep the track's"

@@ -13,6 +13,7 @@ import yaml
 from clearbench import compute
 from clearbench.hparams import Param, param
 from clearbench.io import write_text_atomic
+from clearbench.unlearn.registry import TRAINING
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 TOFU_FILES = [
@@ -54,9 +55,11 @@ def unlearn_stage_hp(config: dict, track: str, method: str | None, l1: bool) -> 
         values |= section["reference"]
     else:
         own = config["unlearn"]["method_hp"].get(method, {})
+        own = own | section.get("method_hp", {}).get(method, {})
+        values |= {k: v for k, v in own.items() if k in TRAINING}  # this method's own lr, ...
         values |= {
             "method": method,
-            "method_hp": own | section.get("method_hp", {}).get(method, {}),
+            "method_hp": {k: v for k, v in own.items() if k not in TRAINING},
         }
     values["l1_lambda"] = section["l1_lambda"] if l1 else 0.0
     if track == "vlm":
@@ -207,7 +210,8 @@ def check_methods(config: dict, known: dict[str, dict[str, Param | type]]) -> No
                 )
             for name, value in (shared | own).items():
                 section = f"{track}.unlearn" if name in own else "unlearn"
-                check_hp_value(f"{section}.method_hp.{method}.{name}", declared, name, value)
+                where = f"{section}.method_hp.{method}.{name}"
+                check_hp_value(where, {**TRAINING, **declared}, name, value)
 
 
 def check_vision(config: dict, known: dict[str, dict] | list[str] | None) -> None:

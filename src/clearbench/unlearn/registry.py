@@ -20,6 +20,15 @@ class Declared:
     reference: bool = False  # needs the DPO reference model (tuned on the IDK forget set)
 
 
+# training keys of the track (text.unlearn, vlm.unlearn) that any method's section may override
+# for that method alone, e.g. unlearn.method_hp.ga.lr (optional, unlike the declared ones)
+TRAINING: dict[str, Param] = {
+    "lr": POSITIVE,
+    "epochs": Param(int, low=0),
+    "batch_size": Param(int, low=1),
+    "weight_decay": WEIGHT,
+}
+
 DECLARED: dict[str, Declared] = {
     "retain_ft": Declared(),
     "ga": Declared(),
