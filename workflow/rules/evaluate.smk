@@ -3,7 +3,7 @@ rule text_eval:
     input:
         model=lambda w: model_dir("text", w.split, w.model),
         tasks=lambda w: list(text_tasks(w.split).values()),
-        code=src("eval/text", "train/qa", "models/factory", "compute"),
+        code=src("eval/text", "metrics/__init__", "train/qa", "models/factory", "compute"),
     output:
         "results/eval/text/{split}/{model}.parquet",
     params:
@@ -30,7 +30,7 @@ rule metrics:
     input:
         table="results/eval/{track}/{split}/{model}.parquet",
         gold="results/eval/{track}/{split}/gold.parquet",
-        code=src("metrics/text"),
+        code=src("metrics/text", "metrics/__init__"),
     output:
         "results/metrics/{track}/{split}/{model}.json",
     log:

@@ -152,7 +152,7 @@ rule vlm_eval:
     input:
         **VLM_DATA,
         model=lambda w: model_dir("vlm", w.split, w.model),
-        code=src("eval/vlm", "eval/text", *VLM_CODE),
+        code=src("eval/vlm", "eval/text", "metrics/__init__", *VLM_CODE),
     output:
         "results/eval/vlm/{split}/{model}.parquet",
     params:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from clearbench.compute import compute_hp, to_device
 from clearbench.data.text import read_qa
 from clearbench.io import atomic_path
-from clearbench.metrics.text import STATUS_KEY
+from clearbench.metrics import STATUS_KEY
 from clearbench.models.factory import (
     load_model,
     load_tokenizer,

@@ -2,6 +2,10 @@
 
 __all__ = ["forget_quality_js", "log10_forget_quality", "per_sample_truth_ratio", "score_table"]
 
+# Parquet metadata: the evaluated model's status (eval writes it, metrics reads it). Defined here,
+# not in metrics.text, so that eval does not import rouge_score and scipy (~0.6 s a job).
+STATUS_KEY = b"clearbench.status"
+
 
 def __getattr__(name):
     # Re-exported lazily: importing metrics.text here would make `python -m

@@ -21,6 +21,7 @@ from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp
 
 from clearbench.io import first_line, write_text_atomic
+from clearbench.metrics import STATUS_KEY
 
 COLUMNS = ("task", "sample_id", "gt_loss", "para_loss", "perturbed_losses", "generation", "answer")
 # One dict covers both tracks: only the tasks present in a table are used.
@@ -33,7 +34,6 @@ GROUP_METRICS = ("rouge_l", "probability", "truth_ratio")  # what a group's harm
 FORGET_TASK = "forget"  # forget quality compares truth ratios on this task only
 JS_BINS = 20
 MIN_P_VALUE = 1e-300  # keeps log10 forget quality finite when the KS p-value underflows to 0
-STATUS_KEY = b"clearbench.status"  # Parquet metadata: the evaluated model's status (eval writes it)
 
 _rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
