@@ -11,6 +11,24 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TOP_LEVEL_SKIP = {".git", ".venv", ".snakemake", "data", "results", "logs", "benchmarks",
+                  ".pytest_cache", ".ruff_cache", "tmp", "runs"}  # fmt: skip
+
+
+def skipped(folder: str, names: list[str]) -> list[str]:
+    """shutil.copytree's ignore: a copy of the project without its results and caches."""
+    top = Path(folder) == ROOT
+    return [n for n in names if n == "__pycache__" or (top and n in TOP_LEVEL_SKIP)]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    return done.stdout + done.stderr
 
 
 def dry_run_with(work: Path, overlay: Path, timeout: int = 180) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
-"""DVC on the smoke profile, as a user runs it: one method's parameter reruns that method's stages
-and the report only; switching it back restores the earlier results from the run-cache; a push
+"""DVC on the smoke profile, as a user runs it: the whole DAG from clean, then nothing to do; one
+method's parameter reruns that method's stages and the report only; switching it back restores the earlier results from the run-cache; a push
 to a local remote, then a fresh clone and a pull, leave Snakemake and DVC with nothing to do; a
 direct Snakemake run recorded with `dvc commit` leaves `dvc repro` with nothing to do."""
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -75,14 +76,45 @@ def project(tmp_path_factory) -> Path:
     sh(root, "git", "init", "-q")
     dvc(root, "init", "-q")
     sh(root, sys.executable, "-m", "clearbench", "dvc-yaml", "--profile", "config/smoke.yaml")
-    log = dvc(root, "repro")
-    assert "report" in ran_stages(log)
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-qm", "smoke under DVC")
     return root
 
 
-def test_one_method_reruns_alone_and_comes_back_from_the_run_cache(project):
+@pytest.fixture(scope="module")
+def first_repro(project) -> str:
+    log = dvc(project, "repro")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "smoke under DVC")
+    return log
+
+
+def test_repro_from_clean_builds_every_stage_and_the_leaderboard(project, first_repro):
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert ran_stages(first_repro) == set(stages)
+    board = pd.read_csv(project / "results/leaderboard.csv")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    n_methods = len(params["unlearn"]["methods"]) * len(params["unlearn"]["l1"])
+    text, vision = board[board.track == "text"], board[board.track == "vision"]
+    assert len(text) == 2 + n_methods
+    assert set(text.method) >= {"original", "gold", *params["unlearn"]["methods"]}
+    assert text[text.method == "gold"].iloc[0].log10_forget_quality == 0.0
+    assert set(vision.method) == {"original", "gold", *params["vision"]["methods"]}
+    assert vision.u_lira.between(0, 1).all() and vision.retain_acc.between(0, 1).all()
+    vlm = board[board.track == "vlm"]
+    study = params["unlearn"]["modality_study"]
+    n_study = len(study["methods"]) * len(study["modalities"])
+    assert len(vlm) == 2 + n_methods * len(params["unlearn"]["modalities"]) + n_study
+    assert set(vlm.method) == {"original", "gold", *params["unlearn"]["methods"]}
+    assert vlm.real.between(0, 1).all() or (vlm.status == "diverged").any()
+    assert vlm[vlm.method == "gold"].log10_forget_quality.iloc[0] == 0.0
+    for name in ("tables/table1_text.md", "tables/table3_modality.md", "tables/table4_l1.md",
+                 "plots/text_forget10.png", "plots/losses_text_forget10.png",
+                 "plots/losses_vlm_forget10.png", "vision/figure6.png", "report.html"):  # fmt: skip
+        assert (project / "results" / name).exists(), name
+    assert ran_stages(dvc(project, "repro")) == set(), "a second repro has nothing to do"
+    assert "Nothing to be done" in snakemake(project, "-n")
+
+
+def test_one_method_reruns_alone_and_comes_back_from_the_run_cache(project, first_repro):
     config = yaml.safe_load((project / "params.yaml").read_text())
     before = files(project, "results")
     benchmarks = files(project, "benchmarks", times=False)  # Snakemake's timing of each job
@@ -130,7 +162,7 @@ def test_one_method_reruns_alone_and_comes_back_from_the_run_cache(project):
     assert "up to date" in dvc(project, "status")
 
 
-def test_a_pulled_clone_has_nothing_to_do_and_records_a_direct_run(project, tmp_path):
+def test_a_pulled_clone_has_nothing_to_do_and_records_a_direct_run(project, first_repro, tmp_path):
     dvc(project, "remote", "add", "-d", "local", str(tmp_path / "remote"))
     dvc(project, "push")
     clone = tmp_path / "clone"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_pipeline import BIN, ROOT, run, skipped
+from tests.conftest import BIN, ROOT, run, skipped
 
 pytestmark = pytest.mark.slow
 

@@ -122,7 +122,8 @@ def stages(config: dict) -> dict[str, dict]:
                        f"{t}.unlearn.weight_decay", f"{t}.unlearn.lora"]  # fmt: skip
         out["dpo_reference"] = stage(
             [f"{t}_idk_reference" for t in languages], "reference",
-            [*data_dirs, *(f"results/models/{t}/original" for t in languages), *UNLEARN_CODE,
+            [*data_dirs, *(f"results/models/{t}/{m}" for t in languages for m in ("base", "original")),
+             *UNLEARN_CODE,
              "workflow/rules/unlearn.smk"],
             params + (["vlm.finetune.freeze_vision_tower"] if vlm else []), refs,
         )  # fmt: skip
@@ -133,7 +134,7 @@ def stages(config: dict) -> dict[str, dict]:
         for t in languages:
             t_tables, t_metrics = eval_files(config, t, ["original", "gold"])
             tables, metrics = tables + t_tables, metrics + t_metrics
-            deps += [f"results/models/{t}/original", f"results/models/{t}/gold"]
+            deps += [f"results/models/{t}/{m}" for m in ("base", "original", "gold")]
             params += language_keys(config, t) + eval_keys[t]
         out["references"] = stage(
             sorted({r for t in languages for r in eval_rules[t]}), metrics,
@@ -148,7 +149,8 @@ def stages(config: dict) -> dict[str, dict]:
             reference = [f"results/models/{t}/reference"] if method in needs_reference else []
             out[f"{t}-{method}"] = stage(
                 [f"{t}_unlearn", *eval_rules[t]], metrics,
-                [*(data_dirs if t == "vlm" else ["data/text"]), f"results/models/{t}/original",
+                [*(data_dirs if t == "vlm" else ["data/text"]), f"results/models/{t}/base",
+                 f"results/models/{t}/original",
                  *reference, *gold, *UNLEARN_CODE, *EVAL_CODE, "workflow/rules/unlearn.smk",
                  "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk"],
                 language_keys(config, t) + unlearn_keys(config, t, method) + eval_keys[t],

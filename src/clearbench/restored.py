@@ -6,10 +6,10 @@ When the DVC outputs or params.yaml changed since it last looked, it asks `dvc s
 Snakemake dry-run, and for each DVC stage:
 
 - up to date (its outputs are what dvc.lock records, from the inputs and params it records) but
-  planned by Snakemake because an input looks newer: its files, and those of the up-to-date
-  stages downstream of it, get new times in stage order (all files of a stage the same time);
-  and where Snakemake's record of a file is of another run (other parameters or code, undone
-  by the restore), Snakemake forgets it;
+  with jobs Snakemake plans (an input looks newer, or its record is of another run): its files,
+  and those of the up-to-date stages downstream of it, get new times in stage order (all files
+  of a stage the same time), and where Snakemake's record of a file is of another run (other
+  parameters or code, undone by the restore), Snakemake forgets it;
 - its recorded outputs are there but its inputs or params changed: its files get an old time,
   so that Snakemake reruns it as `dvc repro` would, with or without a record of its own;
 - anything else (outputs Snakemake made since, deleted ones) is left to Snakemake.
@@ -35,8 +35,8 @@ from clearbench.io import write_text_atomic
 
 STAMP = Path(".snakemake/clearbench/dvc-outs.json")
 STALE = 946684800.0  # 2000-01-01: older than any input
-NEWER_INPUT = "Updated input files"  # Snakemake's reason for a job whose input looks newer
 OTHER_RUN = ("Params have changed", "Code has changed")  # its record is of another run
+BUSY = "CLEARBENCH_ALIGNING"
 
 
 def files_under(path: Path):
@@ -116,9 +116,9 @@ def dvc_status(root: Path) -> dict[str, set[str]] | None:
 
 
 def snakemake(root: Path, *args: str) -> str:
-    """This workflow's Snakemake (it parses the Snakefile, whose call of align_restored_mtimes
-    then finds the stamp current and does nothing)."""
-    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=root,
+    """This workflow's Snakemake, for a look at its plan or records while aligning."""
+    env = os.environ | {BUSY: "1"}  # its own Snakefile parse must not align again
+    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=root, env=env,
                          capture_output=True, text=True, timeout=1800)  # fmt: skip
     return run.stdout
 
@@ -145,10 +145,11 @@ def align_restored_mtimes(root: Path = Path(".")) -> list[str]:
     """Retime what DVC restored or left stale (module docstring); return the stages retimed."""
     if (
         os.environ.get("DVC_STAGE")
+        or os.environ.get(BUSY)
         or not (root / "dvc.lock").is_file()
         or not (root / ".dvc").is_dir()
     ):
-        return []  # not a DVC working copy with results, or DVC itself runs a stage now
+        return []  # not a DVC working copy with results, DVC runs a stage, or we are aligning
     stages = pipeline(root)
     try:
         if json.loads((root / STAMP).read_text())["seen"] == fingerprint(root, stages):
@@ -158,16 +159,14 @@ def align_restored_mtimes(root: Path = Path(".")) -> list[str]:
     status = dvc_status(root)
     if status is None:
         return []
-    write_stamp(root, stages)  # first: the dry-run below parses the Snakefile too
     owner = {o: name for name, st in stages.items() for o in st["outs"]}
     needs, forget = set(), []
     for outputs, reason in planned_jobs(root):
         name = next((owner[o] for o in owner if inside([o], outputs[0])), None)
         if name is None or name in status:
             continue
-        if reason.startswith(NEWER_INPUT):
-            needs.add(name)
-        if reason.startswith(OTHER_RUN):
+        needs.add(name)  # DVC found it up to date: whatever Snakemake plans there is spurious
+        if any(why in reason for why in OTHER_RUN):
             forget += outputs
     after = upstream(stages)
     start, retimed = time.time(), []
@@ -188,7 +187,7 @@ def align_restored_mtimes(root: Path = Path(".")) -> list[str]:
         end = start + 0.01 * len(stages)
         for f in files_under(root / "benchmarks"):
             os.utime(f, (end, end))
+    write_stamp(root, stages)
     if forget:
         snakemake(root, "--quiet", "all", "--cleanup-metadata", *forget)
-    write_stamp(root, stages)
     return retimed

@@ -76,6 +76,14 @@ def all_metrics():
     return dag.all_metrics(config)
 
 
+def loaded_with(track, model):
+    """The model folders that loading `model` also reads (its model.json names them): the base,
+    and the original's adapter under a model tuned from it (unlearned, DPO's reference)."""
+    return [f"results/models/{track}/base"] + (
+        [] if model in ("original", "gold") else [f"results/models/{track}/original"]
+    )
+
+
 def resources(phase):
     """A job's cluster request from `compute.resources.<phase>`: GPUs, host memory (MB) and
     walltime (minutes). Phases: base, finetune, unlearn, eval, vision_pretrain, vision_train,

@@ -2,6 +2,7 @@ rule text_eval:
     """The per-sample table of one model (DESIGN section 6)."""
     input:
         model=lambda w: model_dir("text", w.split, w.model),
+        loaded_with=lambda w: loaded_with("text", w.model),
         tasks=lambda w: list(text_tasks(w.split).values()),
         code=src("eval/text", "metrics/__init__", "train/qa", "models/factory", "compute"),
     output:

@@ -19,6 +19,7 @@ rule text_idk_reference:
     """DPO's reference: the original tuned to answer the forget questions "I don't know"."""
     input:
         original="results/models/text/original",
+        base="results/models/text/base",  # the base of the original's adapter
         forget=f"{TEXT_DATA}/{{split}}.parquet",
         retain=lambda w: f"{TEXT_DATA}/{retain_of(w.split)}.parquet",
         idk=IDK_ANSWERS,
@@ -46,6 +47,7 @@ rule text_unlearn:
     """One method, one split, l1 on or off: a new LoRA adapter on top of the original."""
     input:
         original="results/models/text/original",
+        base="results/models/text/base",  # the base of the original's adapter
         forget=f"{TEXT_DATA}/{{split}}.parquet",
         retain=lambda w: f"{TEXT_DATA}/{retain_of(w.split)}.parquet",
         reference=lambda w: dpo_reference("text", w),

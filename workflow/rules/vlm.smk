@@ -96,6 +96,7 @@ rule vlm_idk_reference:
     input:
         **VLM_DATA,
         original="results/models/vlm/original",
+        base="results/models/vlm/base",  # the base of the original's adapter
         idk=IDK_ANSWERS,
         code=src(*VLM_CODE, *UNLEARN_CODE),
     output:
@@ -123,6 +124,7 @@ rule vlm_unlearn:
     input:
         **VLM_DATA,
         original="results/models/vlm/original",
+        base="results/models/vlm/base",  # the base of the original's adapter
         reference=lambda w: dpo_reference("vlm", w),
         idk=IDK_ANSWERS,
         code=src(*VLM_CODE, *UNLEARN_CODE),
@@ -152,6 +154,7 @@ rule vlm_eval:
     input:
         **VLM_DATA,
         model=lambda w: model_dir("vlm", w.split, w.model),
+        loaded_with=lambda w: loaded_with("vlm", w.model),
         code=src("eval/vlm", "eval/text", "metrics/__init__", *VLM_CODE),
     output:
         "results/eval/vlm/{split}/{model}.parquet",
