@@ -76,7 +76,12 @@ def test_tables_have_the_contract_columns_and_counts(built):
     assert img.shape == (64, 64, 3) and full["image"][0]["path"].endswith(".png")
     assert summary["tables"]["full"] == N_AUTHORS * QA
     assert summary["match"]["gender_agreement"] >= 0.8
-    for png in ("data_card.png", "sheet_faces.png", "sheet_forget10.png", "sheet_real_world.png"):
+    for png in (
+        "data_card.png",
+        "sheets/faces.png",
+        "sheets/forget10.png",
+        "sheets/real_world.png",
+    ):
         assert (root / "a" / png).stat().st_size > 1000
     assert "gender agreement" in (root / "a" / "data_card.md").read_text()
 

@@ -56,7 +56,7 @@ def build(res: Path) -> Path:
         res / "leaderboard.csv", out, res / "tables", res / "plots", vision=res / "vision"
     )
     assert summary["tables"] == 1 and summary["images"] == 1
-    assert len(summary["skipped"]) == 2  # no vision folder, no CLEAR folder
+    assert len(summary["skipped"]) == 3  # no vision folder, no CLEAR data card nor sheets
     return out
 
 

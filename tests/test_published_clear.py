@@ -265,7 +265,8 @@ def test_the_paper_profile_clear_data_job_writes_every_declared_output(copy, tex
     tables = ["full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world"]
     tables += ["celebs", *fractions, *(f"retain{100 - int(s[6:]):02d}" for s in fractions)]
     expected = [f"data/clear/{t}.parquet" for t in tables]
-    assert declared == [*expected, "data/clear/data_card.md", "data/clear/data_card.png"]
+    card = ["data/clear/data_card.md", "data/clear/data_card.png", "data/clear/sheets"]
+    assert declared == [*expected, *card]
     for path in declared:
         assert (tmp_path / path).stat().st_size > 0, path
     assert paper["data"]["clear"]["backends"]["celebs"] == "parametric"

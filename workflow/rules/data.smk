@@ -1,4 +1,5 @@
 from clearbench.data.outputs import REPORT_FILES as CLEAR_REPORT_FILES
+from clearbench.data.outputs import SHEETS as CLEAR_SHEETS_DIR
 from clearbench.data.outputs import output_tables as clear_output_tables
 
 TEXT_DATA = "data/text"
@@ -35,9 +36,11 @@ CLEAR_DATA = "data/clear"
 # what the builder writes for this source: the published dataset has no face pool (faces), and
 # its celebs are synthesized (backends.celebs) as the paper's Celebs set was not published
 CLEAR_TABLES = clear_output_tables(config["data"]["clear"]["backends"]["source"], FRACTIONS)
-CLEAR_OUTPUTS = expand("{d}/{t}.parquet", d=CLEAR_DATA, t=CLEAR_TABLES) + [
+CLEAR_FILES = expand("{d}/{t}.parquet", d=CLEAR_DATA, t=CLEAR_TABLES) + [
     f"{CLEAR_DATA}/{name}" for name in CLEAR_REPORT_FILES
 ]
+CLEAR_SHEETS = f"{CLEAR_DATA}/{CLEAR_SHEETS_DIR}"
+CLEAR_OUTPUTS = [*CLEAR_FILES, CLEAR_SHEETS]
 
 
 rule clear_data:
@@ -48,7 +51,8 @@ rule clear_data:
         text=expand("{d}/{t}.parquet", d=TEXT_DATA, t=TEXT_TABLES),
         code=src("data/clear", "data/scenes", "data/faces", "data/backends"),
     output:
-        CLEAR_OUTPUTS,
+        CLEAR_FILES,
+        directory(CLEAR_SHEETS),
     params:
         hp=clear_data_hp(),
         text=lambda w, input: Path(input.text[0]).parent,

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from clearbench.data import faces as F
 from clearbench.data import scenes
 from clearbench.data.authors import COUNTRIES, FACE_ETHNICITY, make_name
+from clearbench.data.outputs import SHEETS
 from clearbench.data.text import DataError, read_authors, read_qa, write_table
 from clearbench.io import atomic_path, write_text_atomic
 
@@ -820,14 +821,15 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
             ("celebs", celebs, lambda r: f"identity {r['identity']}", lambda r: r["sample_id"])
         )
     written = []
+    (out / SHEETS).mkdir(exist_ok=True)  # a declared output even where no sheet has rows
     for name, df, heading, text in sheets:
         path = contact_sheet(
             _sheet_items(df.head(48), heading, text),
-            out / f"sheet_{name}.png",
+            out / SHEETS / f"{name}.png",
             f"{name}: {len(df)} rows (first {min(len(df), 48)})",
         )
         if path:
-            written.append(path.name)
+            written.append(f"{SHEETS}/{path.name}")
     if card:
         _card_plot(card, out / "data_card.png")
     else:

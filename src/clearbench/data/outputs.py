@@ -18,3 +18,4 @@ def output_tables(source: str, forget_splits) -> list[str]:
 
 
 REPORT_FILES = ("data_card.md", "data_card.png")
+SHEETS = "sheets"  # the folder of contact sheets (PNG), one per table with photos

@@ -66,8 +66,8 @@ def caption(path: Path) -> str:
         return "Figure 6: φ of forget vs holdout images per method"
     if name == "data_card":
         return "CLEAR data card: counts, match quality, attribute distributions"
-    if name.startswith("sheet_"):
-        return f"Contact sheet: {name[len('sheet_') :]}"
+    if path.parent.name == "sheets":
+        return f"Contact sheet: {name}"
     if name.startswith("losses_"):
         return f"Loss of every unlearning run per step ({name[len('losses_') :]})"
     return f"Real / Retain / Forget per method ({name})"
@@ -128,7 +128,8 @@ def build_html_report(
     add("Tables", tables, {"tables"})
     add("Plots", plots, {"images"})
     add("Vision track (Table 2, Figure 6)", vision, {"tables", "images"})
-    add("CLEAR data: data card and contact sheets", images, {"images"})
+    add("CLEAR data: data card", images, {"images"})
+    add("CLEAR data: contact sheets", Path(images) / "sheets" if images else None, {"images"})
 
     toc = "".join(
         f'<li><a href="#s{i}">{html.escape(t)}</a></li>' for i, (t, _) in enumerate(sections)
