@@ -58,8 +58,11 @@ rule all:
 # last, once the parameters are known good: a run killed with its jobs leaves no stale lock, and
 # outputs that DVC restored do not look older than their inputs (clearbench.restored)
 if workflow.is_main_process:  # not the per-job processes of a cluster executor
+    from clearbench.dvc_stages import out_of_date
     from clearbench.restored import align_restored_mtimes
     from clearbench.resume import clear_stale_run
 
     clear_stale_run()
     align_restored_mtimes()
+    if warning := out_of_date():
+        print(warning, file=sys.stderr)

@@ -129,3 +129,15 @@ def test_pyproject_and_environment_list_the_same_packages():
     listed = names(conda + [p for p in pip if not p.startswith("-")]) - {"python", "pip"}
     listed = {"torch" if n == "pytorch" else n for n in listed}
     assert listed == names(project["dependencies"])
+
+
+def test_a_stale_dvc_yaml_is_named_before_any_job(tmp_path):
+    from clearbench.dvc_stages import out_of_date, render
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text(render(params))
+    assert out_of_date(tmp_path) is None
+    params["unlearn"]["methods"].remove("ga")  # a method dropped without regenerating
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "python -m clearbench dvc-yaml" in out_of_date(tmp_path)

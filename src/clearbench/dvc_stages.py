@@ -13,6 +13,8 @@ file; tests/test_dag.py checks it is current and agrees with the Snakemake DAG.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from clearbench import dag
 from clearbench.unlearn.registry import DECLARED
 
@@ -64,7 +66,7 @@ def unlearn_keys(config, track, method) -> list[str]:
     """The training keys of the track's unlearning and this method's own sections only: tuning
     one method reruns only its stages."""
     section = config[track]["unlearn"]
-    keys = [f"{track}.unlearn.{k}" for k in section if k != "method_hp"]
+    keys = [f"{track}.unlearn.{k}" for k in sorted(section) if k != "method_hp"]
     if method in (section.get("method_hp") or {}):
         keys.append(f"{track}.unlearn.method_hp.{method}")
     keys += ["unlearn.l1", f"unlearn.method_hp.{method}"]
@@ -203,3 +205,17 @@ def render(config: dict) -> str:
 
     body = yaml.safe_dump({"stages": stages(config)}, sort_keys=False, width=100)
     return HEADER + body
+
+
+def out_of_date(root: Path = Path(".")) -> str | None:
+    """A one-line warning where the generated dvc.yaml no longer matches params.yaml: DVC would
+    track the old stages and params (e.g. a method added, a key it lists removed)."""
+    import yaml
+
+    dvc_yaml, params = root / "dvc.yaml", root / "params.yaml"
+    if not dvc_yaml.is_file() or not params.is_file():
+        return None
+    text = dvc_yaml.read_text()
+    if text.startswith(HEADER) and text != render(yaml.safe_load(params.read_text())):
+        return "warning: dvc.yaml does not match params.yaml: run `python -m clearbench dvc-yaml`"
+    return None

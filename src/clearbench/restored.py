@@ -2,8 +2,8 @@
 their modification time, in whatever order DVC wrote them, and Snakemake would rebuild each one
 that looks older than an input; in a fresh clone Snakemake also has no record of its own to
 notice a changed parameter. The Snakefile calls `align_restored_mtimes` before the DAG is built.
-When the DVC outputs or params.yaml changed since it last looked, it asks `dvc status` and a
-Snakemake dry-run, and for each DVC stage:
+When the DVC outputs, dvc.yaml, dvc.lock or params.yaml changed since it last looked, it asks
+`dvc status` and a Snakemake dry-run, and for each DVC stage:
 
 - up to date (its outputs are what dvc.lock records, from the inputs and params it records) but
   with jobs Snakemake plans (an input looks newer, or its record is of another run): its files,
@@ -51,9 +51,8 @@ def files_under(path: Path):
 
 
 def fingerprint(root: Path, stages: dict) -> str:
-    texts = [
-        p.read_text() if p.is_file() else "" for p in (root / "dvc.lock", root / "params.yaml")
-    ]
+    files = (root / "dvc.yaml", root / "dvc.lock", root / "params.yaml")
+    texts = [p.read_text() if p.is_file() else "" for p in files]
     digest = hashlib.sha256("\0".join(texts).encode())
     for f in (f for st in stages.values() for o in st["outs"] for f in files_under(root / o)):
         st = f.stat()
