@@ -56,7 +56,7 @@ def eval_files(config, track, models):
     return tables, [dag.metrics_file(track, s, m) for s in splits for m in models]
 
 
-def language_keys(config, track) -> list[str]:
+def language_keys(track) -> list[str]:
     """Params every job of a language track reads."""
     keys = ["seed", "data.splits", f"{track}.max_len", *COMPUTE]
     return keys + (["vlm.finetune.freeze_vision_tower"] if track == "vlm" else [])
@@ -66,7 +66,8 @@ def unlearn_keys(config, track, method) -> list[str]:
     """The training keys of the track's unlearning and this method's own sections only: tuning
     one method reruns only its stages."""
     section = config[track]["unlearn"]
-    keys = [f"{track}.unlearn.{k}" for k in sorted(section) if k != "method_hp"]
+    # not `reference`: DPO's reference model is a dep of its stage, not a key of every method's
+    keys = [f"{track}.unlearn.{k}" for k in sorted(section) if k not in ("method_hp", "reference")]
     if method in (section.get("method_hp") or {}):
         keys.append(f"{track}.unlearn.method_hp.{method}")
     keys += ["unlearn.l1", f"unlearn.method_hp.{method}"]
@@ -86,7 +87,7 @@ def stages(config: dict) -> dict[str, dict]:
     out: dict[str, dict] = {}
     out["data"] = stage(
         ["text_data", "clear_data"], "data", [f"{CODE}/data", "workflow/rules/data.smk"],
-        ["seed", "data"], data_dirs,
+        ["seed", "data.text", "data.clear", "data.forget_fractions"], data_dirs,
     )  # fmt: skip
     if text:
         out["base"] = stage(
@@ -137,7 +138,7 @@ def stages(config: dict) -> dict[str, dict]:
             t_tables, t_metrics = eval_files(config, t, ["original", "gold"])
             tables, metrics = tables + t_tables, metrics + t_metrics
             deps += [f"results/models/{t}/{m}" for m in ("base", "original", "gold")]
-            params += language_keys(config, t) + eval_keys[t]
+            params += language_keys(t) + eval_keys[t]
         out["references"] = stage(
             sorted({r for t in languages for r in eval_rules[t]}), metrics,
             [*deps, *EVAL_CODE, "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk"],
@@ -155,7 +156,7 @@ def stages(config: dict) -> dict[str, dict]:
                  f"results/models/{t}/original",
                  *reference, *gold, *UNLEARN_CODE, *EVAL_CODE, "workflow/rules/unlearn.smk",
                  "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk"],
-                language_keys(config, t) + unlearn_keys(config, t, method) + eval_keys[t],
+                language_keys(t) + unlearn_keys(config, t, method) + eval_keys[t],
                 [f"results/models/{t}/unlearn/{method}", *tables, *metrics],
             )  # fmt: skip
     if vision:
