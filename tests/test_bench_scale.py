@@ -11,8 +11,8 @@ from clearbench.cli import main
 from clearbench.report import bench_scale as B
 from clearbench.report import gpu_hours as G
 
-CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "vision_score", "vision_report",
-             "all"}  # fmt: skip
+CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "html_report", "vision_score",
+             "vision_report", "all"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
