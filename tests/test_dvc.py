@@ -18,6 +18,7 @@ import yaml
 
 from clearbench import dag
 from tests.conftest import ROOT
+from tests.test_html_report import chromium, leaderboard_rows
 
 pytestmark = pytest.mark.slow
 PROJECT = ["Snakefile", "workflow", "config", "src", "params.yaml", ".dvcignore", ".gitignore",
@@ -112,6 +113,16 @@ def test_repro_from_clean_builds_every_stage_and_the_leaderboard(project, first_
         assert (project / "results" / name).exists(), name
     assert ran_stages(dvc(project, "repro")) == set(), "a second repro has nothing to do"
     assert "Nothing to be done" in snakemake(project, "-n")
+
+
+def test_the_smoke_report_renders_in_headless_chromium(project, first_repro, tmp_path):
+    board = pd.read_csv(project / "results/leaderboard.csv")
+    page = (project / "results/report.html").as_uri()
+    dom = chromium(["--dump-dom", page], tmp_path / "profile").stdout
+    assert leaderboard_rows(dom) == len(board)
+    shown, total = (int(re.search(rf'data-images-{k}="(\d+)"', dom).group(1))
+                    for k in ("rendered", "total"))  # fmt: skip
+    assert total >= 5 and shown == total, "every plot, figure and contact sheet decodes"
 
 
 def test_one_method_reruns_alone_and_comes_back_from_the_run_cache(project, first_repro):
