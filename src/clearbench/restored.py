@@ -85,8 +85,8 @@ def upstream(stages: dict) -> dict[str, set[str]]:
     }
 
 
-def stage_order(stages: dict) -> list[str]:
-    after = upstream(stages)
+def stage_order(stages: dict, after: dict[str, set[str]]) -> list[str]:
+    """The stages, each after those in `after[stage]` (upstream)."""
     order: list[str] = []
     while len(order) < len(stages):
         ready = [n for n in stages if n not in order and after[n] <= set(order)]
@@ -169,7 +169,7 @@ def align_restored_mtimes(root: Path = Path(".")) -> list[str]:
             forget += outputs
     after = upstream(stages)
     start, retimed = time.time(), []
-    for k, name in enumerate(stage_order(stages)):
+    for k, name in enumerate(stage_order(stages, after)):
         changes = status.get(name)
         if changes is None and (name in needs or after[name] & set(retimed)):
             t = start + 0.01 * k

@@ -5,6 +5,8 @@ Kept free of heavy imports: the Snakefile reads it while it parses.
 
 from __future__ import annotations
 
+from clearbench.dag import retain_of
+
 
 def output_tables(source: str, forget_splits) -> list[str]:
     """The tables (.parquet stems) a build writes with backends.source=`source`, in the order
@@ -13,7 +15,7 @@ def output_tables(source: str, forget_splits) -> list[str]:
     splits = list(forget_splits)
     tables = ["faces"] if source == "synthesize" else []  # no face pool is published
     tables += ["full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world"]
-    retains = [f"retain{100 - int(s[len('forget') :]):02d}" for s in splits]
+    retains = [retain_of(s) for s in splits]
     return [*tables, "celebs", *splits, *retains]
 
 
