@@ -464,3 +464,33 @@ def test_cli_steps_end_to_end(tables, tmp_path):
                         "--figure", str(tmp_path / "fig6.png"),
                         "--out", str(tmp_path / "t2.csv")]) == 0  # fmt: skip
     assert (tmp_path / "t2.md").exists() and (tmp_path / "fig6.png").exists()
+
+
+def test_unlink_edits_only_its_layer_and_blinds_it_to_each_models_own_forget_side(originals, data):
+    """Training-free: each model's `proj` loses the subspace of its own forget side's photos
+    (models 0 and 5 sit on different sides), nothing else moves, status and RTE are set."""
+    k = 4
+    hp = P.merge(HP, dict(unlearn=dict(method_hp=dict(unlink=dict(k=k, n_samples=6)))))
+    two = originals.take([0, 5])
+    out = P.unlearn_models(two, data, "unlink", hp)
+    assert out.meta["status"] == ["ok", "ok"] and 0 < out.meta["rte_seconds"] < 10
+    assert [k for k in two.params if not torch.equal(two.params[k], out.params[k])] == [
+        "proj.weight"
+    ]
+    a = P.assignment_for(data, hp)
+    for r, model_id in enumerate(two.model_ids):
+        delta = out.params["proj.weight"][r] - two.params["proj.weight"][r]
+        assert torch.linalg.matrix_rank(delta).item() <= k
+        before, after = ens.unstack(two, r).eval(), ens.unstack(out, r).eval()
+        pooled = []
+        before.proj.register_forward_pre_hook(lambda m, i, seen=pooled: seen.append(i[0]))
+        with torch.no_grad():
+            before(data.pixels[np.flatnonzero(a.side[model_id][data.labels])])
+            x = pooled[0]
+            kept = (after.proj(x) - after.proj.bias).norm() / (
+                before.proj(x) - before.proj.bias
+            ).norm()
+        # the subspace holds most of the side's pooled features (k of 64 dims), not all of them
+        assert kept < 0.5, kept
+    assert not torch.equal(out.params["proj.weight"][0] - two.params["proj.weight"][0],
+                           out.params["proj.weight"][1] - two.params["proj.weight"][1])  # fmt: skip

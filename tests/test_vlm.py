@@ -345,3 +345,49 @@ def test_vlm_bfloat16_unlearns_and_evaluates_with_float32_losses(
     low, high = tables
     assert np.isfinite(low["gt_loss"]).all()
     assert np.allclose(low["gt_loss"], high["gt_loss"], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("variant", ["plain", "entangled"])
+def test_vlm_unlink_is_one_adapter_that_blinds_the_projector_to_forget_photos(
+    variant, vlm_original, clear_data, text_data, tmp_path
+):
+    """Unlink saved as a LoRA adapter: loading the chain gives exactly the edited projector, the
+    rest of the model is untouched, and the projector's response to the forget photos falls
+    by more than its response to retain photos."""
+    from clearbench.unlearn.edit import photos
+    from clearbench.unlearn.run import unlearn, vlm_track
+
+    hp = unlearn_hp("unlink") | {"method_hp": unlearn_hp("unlink")["method_hp"] | {
+        "variant": variant, "k": 4, "layers": ["*multi_modal_projector.linear_1"]}}  # fmt: skip
+    track = vlm_track(str(clear_data), str(text_data), "forget10", "visual", hp)
+    out = tmp_path / variant
+    result = unlearn(str(vlm_original), str(out), hp, track)
+    assert result["status"] == "ok" and result["rte_seconds"] < 5
+    ((layer, report),) = result["layers"].items()
+    assert layer.endswith("multi_modal_projector.linear_1") and report["k"] == 4
+    before, meta = load_model(vlm_original)
+    after = load_model(out)[0]
+    changed = {n for (n, a), b in zip(before.state_dict().items(), after.state_dict().values(),
+                                      strict=True) if not torch.allclose(a, b, atol=1e-7)}  # fmt: skip
+    assert changed == {f"{layer}.weight"}
+    delta = after.get_submodule(layer).weight - before.get_submodule(layer).weight
+    assert torch.linalg.matrix_rank(delta).item() <= 4
+    processor = load_image_processor(meta["base"])
+
+    def response(model, samples):
+        images = [Image.open(io.BytesIO(p)).convert("RGB") for p in photos(samples, 16, 0)]
+        px = processor(images=images, return_tensors="pt")["pixel_values"]
+        feats = {}
+        hook = model.get_submodule(layer).register_forward_hook(
+            lambda m, i, o: feats.setdefault("out", o - m.bias)
+        )
+        with torch.no_grad():
+            model.get_image_features(pixel_values=px)
+        hook.remove()
+        return feats["out"].norm()
+
+    forget_drop = response(after, track.forget) / response(before, track.forget)
+    retain_drop = response(after, track.retain) / response(before, track.retain)
+    assert forget_drop < retain_drop
+    if variant == "plain":  # the photos that span the subspace: their response is gone
+        assert forget_drop < 0.1

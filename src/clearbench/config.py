@@ -44,12 +44,20 @@ def vlm_stage_hp(stage: str, vlm: dict) -> dict:
     return values
 
 
+def is_edit(method: str | None) -> bool:
+    from clearbench.unlearn.registry import DECLARED
+
+    return method in DECLARED and DECLARED[method].edit
+
+
 def unlearn_stage_hp(config: dict, track: str, method: str | None, l1: bool) -> dict:
     """The flat --hp of an unlearning job of a language track (`method=None`: DPO's IDK
     reference): the track's training keys, and only this method's hyperparameters (shared
     `unlearn.method_hp` overlaid by the track's own), so tuning one method reruns only its jobs."""
     section = config[track]["unlearn"]
     train = {k: v for k, v in section.items() if k not in ("reference", "method_hp")}
+    if is_edit(method):
+        train = {}  # no optimizer: a change of the track's training keys leaves it alone
     values = {"seed": config["seed"], "max_len": config[track]["max_len"], **train}
     if method is None:
         values |= section["reference"]
@@ -198,12 +206,16 @@ def check_methods(config: dict, known: dict[str, dict[str, Param | type]]) -> No
                 raise ConfigError(
                     f"params error at {where}: unknown method '{method}' (known: {names})"
                 )
+    from clearbench.unlearn.registry import DECLARED
+
+    edits = {name for name, d in DECLARED.items() if d.edit}
     for method in unlearn["methods"]:
         declared = known[method]
         for track in tracks:
             shared = unlearn["method_hp"].get(method, {})
             own = config[track]["unlearn"].get("method_hp", {}).get(method, {})
-            for name in sorted(declared.keys() - (shared.keys() | own.keys())):
+            required = {n for n, d in declared.items() if not param(d).optional}
+            for name in sorted(required - (shared.keys() | own.keys())):
                 kind = param(declared[name]).kind.__name__
                 raise ConfigError(
                     f"params error at unlearn.method_hp.{method}: missing '{name}' ({kind})"
@@ -211,7 +223,8 @@ def check_methods(config: dict, known: dict[str, dict[str, Param | type]]) -> No
             for name, value in (shared | own).items():
                 section = f"{track}.unlearn" if name in own else "unlearn"
                 where = f"{section}.method_hp.{method}.{name}"
-                check_hp_value(where, {**TRAINING, **declared}, name, value)
+                training = {} if method in edits else TRAINING  # an edit has no optimizer
+                check_hp_value(where, {**training, **declared}, name, value)
 
 
 def check_vision(config: dict, known: dict[str, dict] | list[str] | None) -> None:

@@ -20,16 +20,24 @@ def unlearned_models(config: dict, track: str = "text", method: str | None = Non
     """`method-l1-modality` of every unlearning run of a language track: each method without and
     with l1 (text: text modality; vlm: each of unlearn.modalities), and the modality study's
     methods also in its modalities, without l1 (the paper's Table 3). `method`: its runs only."""
+    from clearbench.unlearn.registry import DECLARED
+
     unlearn = config["unlearn"]
     methods = [m for m in unlearn["methods"] if method in (None, m)]
+    methods = [m for m in methods if m not in DECLARED or track in DECLARED[m].tracks]
+    edits = [m for m in methods if m in DECLARED and DECLARED[m].edit]
+    trained = [m for m in methods if m not in edits]
     l1_tags = ["l1" if on else "nol1" for on in unlearn["l1"]]
     if track == "text":
-        runs = [(m, l1, "text") for m in methods for l1 in l1_tags]
+        runs = [(m, l1, "text") for m in trained for l1 in l1_tags]
     else:
-        runs = [(m, l1, mod) for m in methods for l1 in l1_tags for mod in unlearn["modalities"]]
+        runs = [(m, l1, mod) for m in trained for l1 in l1_tags for mod in unlearn["modalities"]]
         study = unlearn["modality_study"]
-        runs += [(m, "nol1", mod) for m in study["methods"] if m in methods
+        runs += [(m, "nol1", mod) for m in study["methods"] if m in trained
                  for mod in study["modalities"]]  # fmt: skip
+    # an edit has no l1 penalty, and its own forget modality (Unlink: the photos)
+    runs += [(m, "nol1", DECLARED[m].modality or mod) for m in edits
+             for mod in (["text"] if track == "text" else unlearn["modalities"])]  # fmt: skip
     return list(dict.fromkeys("-".join(run) for run in runs))
 
 

@@ -16,6 +16,7 @@ class Param:
     high: float | None = None
     above: float | None = None
     choices: tuple | None = None
+    optional: bool = False  # a language method's params section may leave it out
 
     def problem(self, value) -> str | None:
         """What is wrong with `value`, or None."""
@@ -42,3 +43,18 @@ def param(declared: Param | type) -> Param:
 WEIGHT = Param(float, low=0)  # a loss weight: 0 switches its term off
 POSITIVE = Param(float, above=0)  # a scale or temperature that divides
 SEED = Param(int, low=0)
+
+# Unlink (training-free subspace projection, clearbench.unlink), the same keys on every track:
+# its forget samples, the subspace size (`k`, or `energy`: the share of the forget features'
+# energy it must hold), the layers (fnmatch patterns over module names) and the variant.
+UNLINK = dict(
+    n_samples=Param(int, low=1),  # forget photos (in all) whose features span the subspace
+    k=Param(int, low=1),
+    energy=Param(float, above=0, high=1, optional=True),  # instead of k
+    layers=Param(list),
+    variant=Param(str, choices=("plain", "entangled")),
+    n_retain=Param(int, low=1),  # retain photos (the entangled variant)
+    ridge=Param(float, low=0),  # C_rr + ridge * mean eigenvalue * I before its Cholesky
+    max_rows=Param(int, low=1),  # feature rows per layer (tokens, patches), seeded subsample
+    seed=SEED,
+)

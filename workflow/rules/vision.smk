@@ -81,7 +81,7 @@ rule vision_unlearn:
     input:
         **VISION_DATA,
         state="results/models/vision/original/models{chunk}.pt",
-        code=src(*VISION_CODE, "vision/methods", "vision/registry"),
+        code=src(*VISION_CODE, "vision/methods", "vision/registry", "unlink", "hparams"),
     output:
         state="results/models/vision/unlearn/{vmethod}/models{chunk}.pt",
         scores="results/models/vision/unlearn/{vmethod}/models{chunk}.scores.parquet",

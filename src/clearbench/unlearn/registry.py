@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
+from clearbench.hparams import POSITIVE, SEED, UNLINK, WEIGHT, Param
 
 
 @dataclass(frozen=True)
 class Declared:
     hp: dict[str, Param] = field(default_factory=dict)  # checked against params before any job
     reference: bool = False  # needs the DPO reference model (tuned on the IDK forget set)
+    # a training-free weight edit (clearbench.unlearn.edit): no optimizer, no l1 penalty, and it
+    # runs only on the tracks and in the forget modality named here
+    edit: bool = False
+    tracks: tuple[str, ...] = ("text", "vlm")
+    modality: str | None = None  # None: the track's modalities (unlearn.modalities)
 
 
 # training keys of the track (text.unlearn, vlm.unlearn) that any method's section may override
@@ -43,4 +48,7 @@ DECLARED: dict[str, Declared] = {
     "scrub": Declared(dict(alpha=WEIGHT, gamma=WEIGHT)),
     "llmu": Declared(dict(forget_weight=WEIGHT, idk_weight=WEIGHT, retain_weight=WEIGHT)),
     "rmu": Declared(dict(layer=Param(int, low=1), c=Param(float, low=0), alpha=WEIGHT, seed=SEED)),
+    # Unlink on the VLM's vision tower and projector, from forget photos (the visual modality);
+    # on a text-only model its features would be the forget questions' common words
+    "unlink": Declared(UNLINK, edit=True, tracks=("vlm",), modality="visual"),
 }

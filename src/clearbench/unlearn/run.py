@@ -33,6 +33,7 @@ from clearbench.train.qa import answer_outputs, batches, collate, encode
 from clearbench.train.text import finish_adapter_run, fresh_dir, start_adapter_run
 from clearbench.train.vqa import Sample, Vision
 from clearbench.unlearn.methods import METHODS, Context, Step, idk_reference, lora_l1
+from clearbench.unlearn.registry import DECLARED
 
 LOSSES = "losses.csv"
 Encoder = Callable[[list[Sample]], dict]
@@ -100,6 +101,10 @@ def unlearn(
 ) -> dict:
     """One registered method (`hp["method"]`, its hyperparameters in `hp["method_hp"]`)."""
     name = hp["method"]
+    if name in DECLARED and DECLARED[name].edit:
+        from clearbench.unlearn.edit import unlink_adapter
+
+        return unlink_adapter(original_dir, out_dir, hp, track)
     if name not in METHODS:
         raise ValueError(f"unlearn.methods: unknown method '{name}' (known: {', '.join(METHODS)})")
     method = METHODS[name]

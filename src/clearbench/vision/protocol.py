@@ -29,6 +29,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from clearbench.vision import ensemble as ens
 from clearbench.vision import methods as vmethods
 from clearbench.vision import mia
 from clearbench.vision import model as vm
+from clearbench.vision.registry import EDITS, HP
 
 DEFAULT_HP = dict(
     seed=0,
@@ -343,6 +345,8 @@ def unlearn_models(state: ens.State, data: VisionData, method: str, hp, vectoriz
     """Unlearn every model of `state` on its own forget side with `method`; record RTE
     (meta["rte_seconds"]: wall time of the whole family) and per-model status."""
     hp = merge(DEFAULT_HP, hp)
+    if method in EDITS:
+        return edit_models(state, data, method, hp)
     task, opt = unlearn_task(state, data, method, hp)
     out = ens.train(state, task, opt, hp["chunk"], vectorized, device_of(hp))
     before = state.meta.get("status", ["ok"] * state.n)
@@ -351,6 +355,68 @@ def unlearn_models(state: ens.State, data: VisionData, method: str, hp, vectoriz
         for ok, b in zip(out.meta["alive"], before, strict=True)
     ]
     out.meta.update(kind=method, status=status, rte_seconds=out.meta["seconds"])
+    return out
+
+
+# Unlink's defaults: the embedding head (the paper edits the last layer for class forgetting;
+# adding the last residual block's convolutions moved U-LIRA no further on `default`)
+UNLINK_HP = dict(
+    n_samples=16,
+    k=8,
+    layers=["proj"],
+    variant="plain",
+    n_retain=50,
+    ridge=1e-3,
+    max_rows=4096,
+    seed=0,
+)
+
+
+def draw(rng, rows, n):
+    return rng.choice(rows, min(n, len(rows)), replace=False)
+
+
+def forward_on(model, pixels, rows):
+    return lambda: model(pixels[rows])
+
+
+def edit_models(state: ens.State, data: VisionData, method: str, hp) -> ens.State:
+    """A training-free edit (Unlink, clearbench.unlink) of every model, one at a time: the
+    subspace of n_samples photos of its own forget side (seeded; in eval mode, so
+    batch norm uses its running statistics) is removed from the chosen layers' weights. The
+    entangled variant also reads n_retain photos of the model's retain identities. RTE: the
+    wall time of collecting features and editing, summed over the models."""
+    from clearbench.unlink import unlink
+
+    hp = merge(DEFAULT_HP, hp)
+    a = assignment_for(data, hp)
+    mhp = UNLINK_HP | hp["unlearn"].get("method_hp", {}).get(method, {})
+    unknown = sorted(mhp.keys() - HP[method].keys())
+    if unknown:
+        raise ValueError(f"vision.unlearn.method_hp.{method}: unknown key {unknown[0]!r}")
+    out, spent = state.take(range(state.n)), 0.0
+    for r, k in enumerate(state.model_ids):
+        rng = np.random.default_rng(seed_of(hp["seed"], mhp["seed"], k, 44))
+        forget = draw(rng, np.flatnonzero(a.side[k][data.labels]), mhp["n_samples"])
+        retain = draw(rng, np.flatnonzero(a.retain[k][data.labels]), mhp["n_retain"])
+        model = ens.unstack(state, r).eval()
+        run = partial(forward_on, model, data.pixels)
+        start = time.perf_counter()
+        unlink(
+            model, mhp["layers"], run(forget),
+            run(retain) if mhp["variant"] == "entangled" else None,
+            k=mhp.get("k") if "energy" not in mhp else None, energy=mhp.get("energy"),
+            variant=mhp["variant"], ridge=mhp["ridge"], max_rows=mhp["max_rows"], seed=mhp["seed"],
+        )  # fmt: skip
+        spent += time.perf_counter() - start
+        weights = model.state_dict()
+        for name in out.params:
+            out.params[name][r] = weights[name]
+    alive = [bool(torch.isfinite(torch.stack([p[r].abs().sum() for p in out.params.values()])).all())
+             for r in range(out.n)]  # fmt: skip
+    before = state.meta.get("status", ["ok"] * state.n)
+    status = ["ok" if ok and b == "ok" else "diverged" for ok, b in zip(alive, before, strict=True)]
+    out.meta.update(kind=method, status=status, alive=alive, rte_seconds=spent, seconds=spent)
     return out
 
 
@@ -498,7 +564,7 @@ def main(argv=None):
                 help="state file(s): chunk files of one model family are scored together",
             )
         if name == "unlearn":
-            s.add_argument("--method", required=True, choices=sorted(vmethods.METHODS))
+            s.add_argument("--method", required=True, choices=sorted(HP))
         if name == "score":
             s.add_argument("--metrics", help="also write the mia + status JSON here")
         else:  # the pipeline scores each chunk in the job that made it (one import, one load)

@@ -8,7 +8,7 @@ hyperparameters with the paper's defaults), and its name in params (vision.metho
 
 from __future__ import annotations
 
-from clearbench.hparams import POSITIVE, SEED, WEIGHT, Param
+from clearbench.hparams import POSITIVE, SEED, UNLINK, WEIGHT, Param
 
 # name -> its declared hyperparameters (all optional: the function's defaults apply)
 HP: dict[str, dict[str, Param]] = {
@@ -27,7 +27,10 @@ HP: dict[str, dict[str, Param]] = {
     "rmu": dict(layer=Param(int, low=0), c=Param(float, low=0), alpha=WEIGHT, seed=SEED),
     "dpo": dict(beta=POSITIVE, lambda1=WEIGHT, lambda2=WEIGHT),
     "grad_orth": {},
+    "unlink": UNLINK,
 }
+# training-free edits (clearbench.vision.protocol.edit_models): no optimizer, no epochs
+EDITS = ("unlink",)
 # what any method's section may also override (clearbench.vision.protocol.unlearn_task)
 OPTIMIZER_HP = {
     "lr": POSITIVE,
@@ -41,4 +44,4 @@ OPTIMIZER_HP = {
 def declared() -> dict[str, dict[str, Param]]:
     """Each method's hyperparameters as its params section may set them: its own and the
     optimizer overrides."""
-    return {name: {**OPTIMIZER_HP, **hp} for name, hp in HP.items()}
+    return {name: hp if name in EDITS else {**OPTIMIZER_HP, **hp} for name, hp in HP.items()}
