@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from clearbench.config import ConfigError, check
-from clearbench.unlearn.methods import METHODS as LANGUAGE_METHODS
-from clearbench.vision.methods import METHODS as VISION_METHODS
+from clearbench.unlearn.registry import DECLARED as LANGUAGE_METHODS
+from clearbench.vision.registry import HP as VISION_METHODS
 from tests.conftest import dry_run_with
 
 ROOT = Path(__file__).resolve().parents[1]

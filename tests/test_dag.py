@@ -76,8 +76,11 @@ def test_dvc_yaml_is_generated_from_params():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert (ROOT / "dvc.yaml").read_text() == render(params), "run `python -m clearbench dvc-yaml`"
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    from clearbench.unlearn.registry import DECLARED
+
     methods = params["unlearn"]["methods"]
-    assert {f"{t}-{m}" for t in ("text", "vlm") for m in methods} <= set(stages)
+    runs = {f"{t}-{m}" for t in ("text", "vlm") for m in methods if t in DECLARED[m].tracks}
+    assert runs <= set(stages) and "vlm-unlink" in runs and "text-unlink" not in stages
     assert {f"vision-{m}" for m in params["vision"]["methods"]} <= set(stages)
     for shared in ("data", "base", "finetune", "vlm", "dpo_reference", "references", "report"):
         assert shared in stages

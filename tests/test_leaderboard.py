@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from clearbench.report.leaderboard import COLUMNS, build_leaderboard
 
@@ -156,3 +157,35 @@ def test_a_diverged_method_leaves_the_other_rows_unchanged(tmp_path):
     # the others keep their order; only the diverged method's place is gone
     assert list(bad.loc[["npo", "gd"], "rank"]) == [1, 2]
     assert list(clean.loc[["npo", "gd"], "rank"]) == [2, 3]
+
+
+def write_clip(tmp, name, target, other, real, rte=2.0, status="ok"):
+    path = tmp / "results/clip/forget10" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"target_acc": target, "other_acc": other, "real_faces_acc": real,
+                                "rte_seconds": rte, "status": status}))  # fmt: skip
+    return str(path)
+
+
+def test_clip_rows_rank_by_closeness_to_gold_and_training_free_speedup_is_tabulated(tmp_path):
+    clip = [
+        write_clip(tmp_path, "original", 0.95, 0.9, 0.9, rte=30.0),
+        write_clip(tmp_path, "gold", 0.05, 0.9, 0.9, rte=25.0),
+        write_clip(tmp_path, "lipschitz", 0.10, 0.88, 0.86, rte=8.0),
+        write_clip(tmp_path, "emb", 0.0, 0.5, 0.6, rte=6.0),  # over-forgets, breaks the others
+        write_clip(tmp_path, "amnesiac", 0.60, 0.89, 0.9, rte=4.0),
+        write_clip(tmp_path, "unlink", 0.30, 0.85, 0.88, rte=0.02),
+    ]
+    out = tmp_path / "leaderboard.csv"
+    build_leaderboard([], [], str(out), str(tmp_path / "tables"), str(tmp_path / "plots"),
+                      {"retain_drop": 0.5, "clip_drop": 0.9}, clip=clip)  # fmt: skip
+    c = pd.read_csv(out).set_index("method")
+    assert (c.track == "clip").all() and c.loc["lipschitz", "real_acc"] == 0.86
+    assert c.loc["emb", "status"] == "failed-retain" and pd.isna(c.loc["emb", "rank"])
+    # |forget - gold forget|: lipschitz 0.05, unlink 0.25, amnesiac 0.55
+    assert [c.loc[m, "rank"] for m in ("lipschitz", "unlink", "amnesiac")] == [1, 2, 3]
+    rte = pd.read_csv(tmp_path / "tables/rte_training_free.csv")
+    (row,) = rte.to_dict("records")
+    assert row["method"] == "unlink" and row["fastest_trained"] == "amnesiac"
+    assert row["speedup"] == pytest.approx(200.0)  # 4.0 s / 0.02 s
+    assert "lipschitz" in (tmp_path / "tables/clip_forget10.md").read_text()

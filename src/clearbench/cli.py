@@ -114,7 +114,7 @@ def cmd_leaderboard(a) -> dict:
     from clearbench.report.leaderboard import build_leaderboard
 
     return build_leaderboard(
-        a.metrics, a.models, a.out, a.tables, a.plots, a.hp, a.vision, a.vision_split
+        a.metrics, a.models, a.out, a.tables, a.plots, a.hp, a.vision, a.vision_split, a.clip
     )
 
 
@@ -242,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--models", nargs="*", default=[], help="model folders, same order")
     s.add_argument("--vision", nargs="*", default=[], help="vision family summary.json files")
     s.add_argument("--vision-split", help="the forget split the vision track's F comes from")
+    s.add_argument("--clip", nargs="*", default=[], help="clip track model summary .json files")
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)
@@ -286,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
         help="vision track: pretrain, train, unlearn, score, collect, report",
         add_help=False,
     )
+    sub.add_parser("clip", help="clip track: train, unlearn, table", add_help=False)
     return p
 
 
@@ -309,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             return vision_main(argv[1:])
         except (ValueError, FileNotFoundError) as err:
             print(f"error: vision: {err}", file=sys.stderr)
+            return 2
+    if argv and argv[0] == "clip":
+        # table needs no torch: it skips the run module's imports
+        if argv[1:2] == ["table"]:
+            from clearbench.clip.report import main as clip_main
+        else:
+            from clearbench.clip.run import main as clip_main
+        try:
+            return clip_main(argv[1:])
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: clip: {err}", file=sys.stderr)
             return 2
     args = parser().parse_args(argv)
     try:

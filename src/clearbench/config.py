@@ -13,7 +13,7 @@ import yaml
 from clearbench import compute
 from clearbench.hparams import Param, param
 from clearbench.io import write_text_atomic
-from clearbench.unlearn.registry import TRAINING
+from clearbench.unlearn.registry import DECLARED, TRAINING
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
 TOFU_FILES = [
@@ -45,8 +45,7 @@ def vlm_stage_hp(stage: str, vlm: dict) -> dict:
 
 
 def is_edit(method: str | None) -> bool:
-    from clearbench.unlearn.registry import DECLARED
-
+    """A training-free language method (Unlink): no optimizer, no l1."""
     return method in DECLARED and DECLARED[method].edit
 
 
@@ -55,7 +54,7 @@ def unlearn_stage_hp(config: dict, track: str, method: str | None, l1: bool) -> 
     reference): the track's training keys, and only this method's hyperparameters (shared
     `unlearn.method_hp` overlaid by the track's own), so tuning one method reruns only its jobs."""
     section = config[track]["unlearn"]
-    train = {k: v for k, v in section.items() if k not in ("reference", "method_hp")}
+    train = {k: v for k, v in section.items() if k not in ("reference", "method_hp", "l1")}
     if is_edit(method):
         train = {}  # no optimizer: a change of the track's training keys leaves it alone
     values = {"seed": config["seed"], "max_len": config[track]["max_len"], **train}
@@ -206,8 +205,6 @@ def check_methods(config: dict, known: dict[str, dict[str, Param | type]]) -> No
                 raise ConfigError(
                     f"params error at {where}: unknown method '{method}' (known: {names})"
                 )
-    from clearbench.unlearn.registry import DECLARED
-
     edits = {name for name, d in DECLARED.items() if d.edit}
     for method in unlearn["methods"]:
         declared = known[method]

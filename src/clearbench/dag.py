@@ -18,7 +18,8 @@ def language_tracks(config: dict) -> list[str]:
 
 def unlearned_models(config: dict, track: str = "text", method: str | None = None) -> list[str]:
     """`method-l1-modality` of every unlearning run of a language track: each method without and
-    with l1 (text: text modality; vlm: each of unlearn.modalities), and the modality study's
+    with l1 (unlearn.l1, or the track's own <track>.unlearn.l1; text: text modality; vlm: each of
+    unlearn.modalities), and the modality study's
     methods also in its modalities, without l1 (the paper's Table 3). `method`: its runs only."""
     from clearbench.unlearn.registry import DECLARED
 
@@ -27,7 +28,7 @@ def unlearned_models(config: dict, track: str = "text", method: str | None = Non
     methods = [m for m in methods if m not in DECLARED or track in DECLARED[m].tracks]
     edits = [m for m in methods if m in DECLARED and DECLARED[m].edit]
     trained = [m for m in methods if m not in edits]
-    l1_tags = ["l1" if on else "nol1" for on in unlearn["l1"]]
+    l1_tags = ["l1" if on else "nol1" for on in config[track]["unlearn"].get("l1", unlearn["l1"])]
     if track == "text":
         runs = [(m, l1, "text") for m in trained for l1 in l1_tags]
     else:

@@ -29,6 +29,8 @@ CODE = "src/clearbench"
 MODEL_CODE = [f"{CODE}/compute.py", f"{CODE}/models", f"{CODE}/train"]
 UNLEARN_CODE = [
     f"{CODE}/unlearn",
+    f"{CODE}/unlink.py",
+    f"{CODE}/hparams.py",
     f"{CODE}/data/idk.py",
     f"{CODE}/data/idk_answers.txt",
     *MODEL_CODE,
@@ -65,9 +67,13 @@ def language_keys(track) -> list[str]:
 def unlearn_keys(config, track, method) -> list[str]:
     """The training keys of the track's unlearning and this method's own sections only: tuning
     one method reruns only its stages."""
+    from clearbench.config import is_edit
+
     section = config[track]["unlearn"]
-    # not `reference`: DPO's reference model is a dep of its stage, not a key of every method's
-    keys = [f"{track}.unlearn.{k}" for k in sorted(section) if k not in ("method_hp", "reference")]
+    # not `reference`: DPO's reference model is a dep of its stage, not a key of every method's;
+    # an edit (Unlink) reads none of the training keys
+    skipped = ("method_hp", "reference") if not is_edit(method) else tuple(section.keys() - {"l1"})
+    keys = [f"{track}.unlearn.{k}" for k in sorted(section) if k not in skipped]
     if method in (section.get("method_hp") or {}):
         keys.append(f"{track}.unlearn.method_hp.{method}")
     keys += ["unlearn.l1", f"unlearn.method_hp.{method}"]
@@ -147,6 +153,8 @@ def stages(config: dict) -> dict[str, dict]:
     for t in languages:
         for method in config["unlearn"]["methods"]:
             models = dag.unlearned_models(config, t, method)
+            if not models:
+                continue  # a method of the other track only (Unlink: vlm)
             tables, metrics = eval_files(config, t, models)
             gold = [dag.eval_table(t, s, "gold") for s in splits]
             reference = [f"results/models/{t}/reference"] if method in needs_reference else []
@@ -160,7 +168,8 @@ def stages(config: dict) -> dict[str, dict]:
                 [f"results/models/{t}/unlearn/{method}", *tables, *metrics],
             )  # fmt: skip
     if vision:
-        vision_code = [f"{CODE}/vision", "workflow/rules/vision.smk"]
+        vision_code = [f"{CODE}/vision", f"{CODE}/unlink.py", f"{CODE}/hparams.py",
+                       "workflow/rules/vision.smk"]  # fmt: skip
         keys = ["seed", "data.forget_fractions", *(f"vision.{k}" for k in VISION_KEYS)]
         families = ["original", "gold"]
         out["vision-references"] = stage(

@@ -1,7 +1,8 @@
 """One factory for every language model: a tiny config, a Hub id or a local checkpoint.
 
 A config with `vision_config` and `text_config` builds a LLaVA (CLIP vision tower, projector,
-Llama); any other config builds a plain Llama. A checkpoint loads as what its config says.
+Llama); any other config builds a plain Llama. A checkpoint loads as what its config says (a CLIP checkpoint as a
+CLIPModel, for the clip track; tiny CLIPs are built in clearbench.clip.model).
 
 A trained model is stored as a *chain*: a base (weights saved here, or a checkpoint id)
 plus LoRA adapters merged in order. `model.json` in the model's folder records the chain,
@@ -20,6 +21,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
+    CLIPModel,
     CLIPVisionConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -127,7 +129,12 @@ def load_checkpoint(
     quantized through bitsandbytes if asked. No `compute`: CPU, float32."""
     trust = {"trust_remote_code": trust_remote_code}
     config = from_pretrained("checkpoint", AutoConfig, name_or_path, **trust)
-    auto = AutoModelForImageTextToText if is_vlm(config) else AutoModelForCausalLM
+    if is_clip(config):
+        auto = CLIPModel  # a dual encoder, not a generator: no causal-LM/VLM auto class fits
+    elif is_vlm(config):
+        auto = AutoModelForImageTextToText
+    else:
+        auto = AutoModelForCausalLM
     if compute is None:
         return from_pretrained("checkpoint", auto, name_or_path, **trust)
     device = resolve_device(compute["device"])
@@ -138,6 +145,10 @@ def load_checkpoint(
     if device.type != "cpu":
         kwargs["device_map"] = {"": device}  # straight onto the GPU, never a float32 copy in RAM
     return from_pretrained("checkpoint", auto, name_or_path, **trust, **kwargs)
+
+
+def is_clip(config) -> bool:
+    return getattr(config, "model_type", None) == "clip"
 
 
 def is_vlm(config) -> bool:

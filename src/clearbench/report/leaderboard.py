@@ -13,10 +13,11 @@ from clearbench.io import atomic_path, write_text_atomic
 COLUMNS = [
     "track", "split", "method", "l1", "modality",
     "real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
-    "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia",
+    "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia", "real_acc",
     "rte_seconds", "status", "diverged_models", "rank", "rank_paper",
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
+LANGUAGE_TRACKS = ("text", "vlm")
 VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
 LANGUAGE_SHOWN = [
     "method", "l1", "modality", "real", "retain", "forget",
@@ -48,6 +49,29 @@ VIEWS = {
         ],  # fmt: skip
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
+    ),
+    # zero-shot identification by name: forget_acc on the forget authors' photos, retain_acc on
+    # the other authors', real_acc on the famous people's (clearbench.clip)
+    "clip": dict(
+        retain="retain_acc",
+        real="real_acc",
+        rank=lambda rows, gold: [
+            (rows["forget_acc"] - gold["forget_acc"]).abs(),
+            -rows["retain_acc"],
+        ],
+        rank_paper=lambda rows, gold: [rows["forget_acc"], -rows["retain_acc"]],
+        shown=[
+            "method",
+            "forget_acc",
+            "retain_acc",
+            "real_acc",
+            "rte_seconds",
+            "status",
+            "rank",
+            "rank_paper",
+        ],  # fmt: skip
+        bars=["retain_acc", "real_acc", "forget_acc"],
+        ylabel="zero-shot identification accuracy",
     ),
     "text": dict(
         retain="retain",
@@ -102,8 +126,21 @@ def vision_row(summary_path: str, split: str) -> dict:
     return row
 
 
+def clip_row(summary_path: str) -> dict:
+    """A clip-track model's row from its summary (results/clip/<split>/<model>.json)."""
+    path = Path(summary_path)
+    summary = json.loads(path.read_text())
+    row = {"track": "clip", "split": path.parent.name, "method": path.stem, "l1": None}
+    row["modality"] = None if path.stem in REFERENCES else "visual"
+    row |= {"forget_acc": summary.get("target_acc"), "retain_acc": summary.get("other_acc"),
+            "real_acc": summary.get("real_faces_acc")}  # fmt: skip
+    row["rte_seconds"] = summary.get("rte_seconds")
+    row["status"] = summary.get("status", "ok")
+    return row
+
+
 def view(track: str) -> dict:
-    return VIEWS["vision" if track == "vision" else "text"]
+    return VIEWS[track if track in VIEWS else "text"]
 
 
 def collapsed(rows: pd.DataFrame, column: str, original: pd.DataFrame, drop: float) -> pd.Index:
@@ -138,11 +175,11 @@ def apply_rules(board: pd.DataFrame, hp: dict) -> pd.DataFrame:
     board["status_paper"] = board["status"]
     for (track, _), group in board.groupby(["track", "split"], sort=False):
         v = view(track)
-        drop = (
-            hp.get("vision_retain_drop", hp["retain_drop"])
-            if track == "vision"
-            else hp["retain_drop"]
-        )
+        drop = {
+            "vision": hp.get("vision_retain_drop", hp["retain_drop"]),
+            "clip": hp.get("clip_drop", hp["retain_drop"]),
+        }.get(track, hp["retain_drop"])
+        real_drop = hp.get("clip_drop", 0.0) if track == "clip" else hp.get("real_drop", 0.0)
         original = group[group["method"] == "original"]
         gold = group[group["method"] == "gold"]
         gold = gold.iloc[0] if len(gold) else pd.Series(dtype=float, index=group.columns)
@@ -151,9 +188,7 @@ def apply_rules(board: pd.DataFrame, hp: dict) -> pd.DataFrame:
         board.loc[failed_retain, ["status", "status_paper"]] = "failed-retain"
         if v["real"]:
             rest = methods.drop(failed_retain)
-            board.loc[collapsed(rest, v["real"], original, hp.get("real_drop", 0.0)), "status"] = (
-                "failed-real"
-            )
+            board.loc[collapsed(rest, v["real"], original, real_drop), "status"] = "failed-real"
         for col, status in (("rank", "status"), ("rank_paper", "status_paper")):
             rows = board.loc[methods.index]
             rows = rows[rows[status] == "ok"]
@@ -192,6 +227,12 @@ def plot_split(group: pd.DataFrame, path: Path) -> None:
         ax.bar(x + offset, group[key].astype(float).fillna(0), width, label=key)
     if track == "vision":
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    if track == "clip":  # the retrained model's accuracy on the forget authors: the aim
+        gold = group.loc[group["method"] == "gold", "forget_acc"]
+        if len(gold):
+            ax.axhline(
+                float(gold.iloc[0]), color="tab:green", lw=0.8, ls="--", label="gold forget_acc"
+            )
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel(view(track)["ylabel"])
@@ -225,6 +266,31 @@ def paper_tables(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
         for name, t in tables.items()
         if len(t)
     }
+
+
+def rte_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Per track and split: how much faster each training-free method is than the fastest
+    method that trains, both timed in the same run (RTE = unlearning wall time only)."""
+    from clearbench.unlearn.registry import DECLARED
+    from clearbench.vision.registry import EDITS
+
+    edits = set(EDITS) | {name for name, d in DECLARED.items() if d.edit} | {"unlink"}
+    runs = board[~board["method"].isin(REFERENCES) & board["rte_seconds"].notna()]
+    rows = []
+    for (track, split), group in runs.groupby(["track", "split"], sort=False):
+        trained = group[~group["method"].isin(edits)]
+        if not len(trained):
+            continue
+        fastest = trained.loc[trained["rte_seconds"].astype(float).idxmin()]
+        for _, edit in group[group["method"].isin(edits)].iterrows():
+            rows.append({
+                "track": track, "split": split, "method": edit["method"],
+                "rte_seconds": edit["rte_seconds"], "fastest_trained": fastest["method"],
+                "fastest_trained_rte_seconds": fastest["rte_seconds"],
+                "speedup": float(fastest["rte_seconds"]) / max(float(edit["rte_seconds"]), 1e-9),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=["track", "split", "method", "rte_seconds",
+                                       "fastest_trained", "fastest_trained_rte_seconds", "speedup"])  # fmt: skip
 
 
 def plot_losses(models: list[str], track: str, split: str, path: Path) -> bool:
@@ -281,17 +347,20 @@ def build_leaderboard(
     hp: dict,
     vision: list[str] = (),
     vision_split: str | None = None,
+    clip: list[str] = (),
 ) -> dict:
-    """metrics/models: per-sample-evaluated models (text, vlm); vision: model-family summaries."""
+    """metrics/models: per-sample-evaluated models (text, vlm); vision: model-family summaries;
+    clip: the clip track's model summaries."""
     if len(metrics) != len(models):
         raise ValueError("leaderboard: --metrics and --models must pair up one to one")
     if vision and not vision_split:
         raise ValueError("leaderboard: --vision needs --vision-split (the forget split of F)")
     rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
     rows += [vision_row(s, vision_split) for s in vision]
+    rows += [clip_row(s) for s in clip]
     board = pd.DataFrame(rows).reindex(columns=COLUMNS)
     numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
-               *VISION_KEYS, "rte_seconds"]  # fmt: skip
+               *VISION_KEYS, "real_acc", "rte_seconds"]  # fmt: skip
     board[numeric] = board[numeric].astype(float)
     board["diverged_models"] = pd.to_numeric(board["diverged_models"]).astype("Int64")
     board = apply_rules(board, hp)
@@ -300,10 +369,13 @@ def build_leaderboard(
     for (track, split), group in board.groupby(["track", "split"], sort=False):
         write_table(group[view(track)["shown"]], tables, f"{track}_{split}")
         plot_split(group, Path(plots) / f"{track}_{split}.png")
-        if track != "vision":
+        if track in LANGUAGE_TRACKS:
             plot_losses(models, track, split, Path(plots) / f"losses_{track}_{split}.png")
     for name, table in paper_tables(board).items():
         write_table(table, tables, name)
+    rte = rte_table(board)
+    if len(rte):
+        write_table(rte, tables, "rte_training_free")
     with atomic_path(out) as tmp:
         board[COLUMNS].to_csv(tmp, index=False)
     return {"rows": len(board)}
