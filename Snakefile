@@ -34,6 +34,7 @@ wildcard_constraints:
     track="text|vlm",
     vmethod="|".join(sorted(VISION_METHODS)),
     family="|".join(["original", "gold", *sorted(VISION_METHODS)]),
+    cmethod="|".join(sorted(CLIP_METHODS)),
     chunk="[0-9]+-[0-9]+",
 
 
@@ -44,6 +45,7 @@ include: "workflow/rules/unlearn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/vision.smk"
 include: "workflow/rules/vlm.smk"
+include: "workflow/rules/clip.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -53,6 +55,7 @@ rule all:
         "results/report.html",
         CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
         VISION_OUTPUTS if VISION_ON else [],
+        CLIP_OUTPUTS if CLIP_ON else [],
 
 
 # last, once the parameters are known good: a run killed with its jobs leaves no stale lock, and

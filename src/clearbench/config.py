@@ -158,6 +158,8 @@ def check(
                 )
     if "vision" in config["tracks"]:
         check_vision(config, known_vision_methods)
+    if "clip" in config["tracks"]:
+        check_clip(config)
     check_models(config, root, checked_models)
     check_published(config, root)
     text = config["data"]["text"]
@@ -248,6 +250,31 @@ def check_vision(config: dict, known: dict[str, dict] | list[str] | None) -> Non
             check_hp_value(f"vision.unlearn.method_hp.{method}.{name}", known[method], name, value)
 
 
+def check_clip(config: dict) -> None:
+    """The clip track: a section, the CLEAR photos, known methods with declared
+    hyperparameters (clearbench.clip.registry)."""
+    from clearbench.clip.registry import declared
+
+    if config.get("clip") is None:
+        raise ConfigError("params error at clip: the clip track is on but has no section")
+    if not config["data"]["clear"]["build"]:
+        raise ConfigError(
+            "params error at tracks: the clip track needs the CLEAR photos (data.clear.build: true)"
+        )
+    known = declared()
+    clip = config["clip"]
+    for key, names in (("methods", clip["methods"]), ("method_hp", clip["method_hp"])):
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"params error at clip.{key}: unknown clip method '{name}'"
+                    f" (known: {', '.join(sorted(known))})"
+                )
+    for method, values in clip["method_hp"].items():
+        for name, value in values.items():
+            check_hp_value(f"clip.method_hp.{method}.{name}", known[method], name, value)
+
+
 def check_hp_value(where: str, declared: dict, name: str, value) -> None:
     """One method hyperparameter against its method's declaration (name, type, range)."""
     if name not in declared:
@@ -307,6 +334,7 @@ SIZE_KEY = re.compile(r"(^num_|_size$|_sizes$|^depths$|_dim$|^max_position_embed
 PIPELINE_KEYS = {
     "LlamaConfig": {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"},
     "LlavaConfig": {"image_token_index", "image_seq_length"},
+    "CLIPTextConfig": {"vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"},
 }
 
 
@@ -316,7 +344,9 @@ def check_models(config: dict, root: Path | None, checked: Path | None = None) -
     exists. Sections listed in the `checked` file built before and are not built again."""
     seen = set(json.loads(checked.read_text())) if checked and checked.is_file() else set()
     passed = []
-    for track in ("text", "vlm", "vision"):
+    for track in ("text", "vlm", "vision", "clip"):
+        if track == "clip" and track not in config["tracks"]:
+            continue
         model = (config.get(track) or {}).get("model") or {}
         checkpoint = model.get("checkpoint")
         if checkpoint and track in config["tracks"]:
@@ -334,6 +364,17 @@ def check_models(config: dict, root: Path | None, checked: Path | None = None) -
             build_config("ResNetConfig", cfg, where)
         elif track == "text":
             build_config("LlamaConfig", cfg, where, config["text"]["vocab_size"])
+        elif track == "clip":  # the vocabulary comes from the tokenizer trained on the prompts
+            parts = {
+                "vision_config": build_config(
+                    "CLIPVisionConfig", cfg.get("vision_config", {}), f"{where}.vision_config"
+                ).to_dict(),
+                "text_config": build_config(
+                    "CLIPTextConfig", cfg.get("text_config", {}), f"{where}.text_config"
+                ).to_dict(),
+            }
+            rest = {k: v for k, v in cfg.items() if k not in parts}
+            build_config("CLIPConfig", rest, where, extra=parts)
         else:
             vocab = config["vlm"]["vocab_size"]
             parts = {
@@ -359,6 +400,10 @@ def config_class(name: str):
         from transformers.models.llama.configuration_llama import LlamaConfig as cls
     elif name == "CLIPVisionConfig":
         from transformers.models.clip.configuration_clip import CLIPVisionConfig as cls
+    elif name == "CLIPTextConfig":
+        from transformers.models.clip.configuration_clip import CLIPTextConfig as cls
+    elif name == "CLIPConfig":
+        from transformers.models.clip.configuration_clip import CLIPConfig as cls
     else:
         from transformers.models.llava.configuration_llava import LlavaConfig as cls
     return cls

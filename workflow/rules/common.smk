@@ -11,6 +11,8 @@ from clearbench.config import ConfigError, check, compute_section, unlearn_stage
 from clearbench.unlearn.registry import DECLARED as METHODS
 from clearbench.vision.registry import HP as VISION_METHODS
 from clearbench.vision.registry import declared as vision_methods_declared
+from clearbench.vision.registry import EDITS as VISION_EDITS
+from clearbench.clip.registry import HP as CLIP_METHODS
 
 try:
     check(
@@ -152,10 +154,24 @@ def vision_hp(*sections, method=None):
     if method is not None:
         # only this method's own settings, so tuning one method reruns only its jobs
         own = VISION["unlearn"]["method_hp"].get(method, {})
-        values["unlearn"] = {**VISION["unlearn"], "method_hp": {method: own}}
+        # an edit (Unlink) reads no optimizer key: a change of those leaves it alone
+        training = {} if method in VISION_EDITS else VISION["unlearn"]
+        values["unlearn"] = {**training, "method_hp": {method: own}}
     return hp(seed=config["seed"], **values)
 
 
 def vision_chunks(family, suffix):
     folder = f"unlearn/{family}" if family in VISION_METHOD_NAMES else family
     return [f"results/models/vision/{folder}/models{c}{suffix}" for c in VISION_CHUNKS]
+
+
+def clip_hp(method=None):
+    """The clip keys a job reads; an unlearning job gets only its own method's section."""
+    values = {k: v for k, v in CLIP.items() if k not in ("methods", "method_hp")}
+    own = {method: CLIP["method_hp"].get(method, {})} if method else {}
+    return hp(seed=config["seed"], method_hp=own, **values)
+
+
+def clip_summaries(split):
+    """The summary of every clip model of a split (clearbench.clip.run)."""
+    return [f"results/clip/{split}/{m}.json" for m in ["original", "gold", *CLIP_METHOD_NAMES]]

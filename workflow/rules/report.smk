@@ -11,8 +11,10 @@ rule leaderboard:
         ),
         # so that the README's one command also brings Table 2, Figure 6 and the data card
         vision_report=VISION_OUTPUTS if VISION_ON else [],
+        clip=[s for split in SPLITS for s in clip_summaries(split)] if CLIP_ON else [],
+        clip_tables=CLIP_OUTPUTS if CLIP_ON else [],
         data_card=CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
-        code=src("report/leaderboard"),
+        code=src("report/leaderboard", "unlearn/registry", "vision/registry", "hparams"),
     output:
         csv="results/leaderboard.csv",
         tables=directory("results/tables"),
@@ -22,6 +24,7 @@ rule leaderboard:
         vision=lambda w, input: (
             f"--vision {' '.join(input.vision)} --vision-split {VISION_SPLIT}" if VISION_ON else ""
         ),
+        clip=lambda w, input: f"--clip {' '.join(input.clip)}" if CLIP_ON else "",
     log:
         "logs/report/leaderboard.log",
     benchmark:
@@ -33,7 +36,8 @@ rule leaderboard:
         "../../environment.yml"
     shell:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
-        " --models {input.models} {params.vision} --tables {output.tables} --plots {output.plots}"
+        " --models {input.models} {params.vision} {params.clip} --tables {output.tables}"
+        " --plots {output.plots}"
         " --out {output.csv} > {log} 2>&1"
 
 

@@ -157,7 +157,15 @@ def to_pixels(images, model_or_meta) -> torch.Tensor:
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return x.to(device_of(model_or_meta))
+
+
+def device_of(model_or_meta) -> torch.device:
+    """Where a model's inputs go (a model.json dict: the CPU)."""
+    if isinstance(model_or_meta, torch.nn.Module):
+        return next(model_or_meta.parameters()).device
+    return torch.device("cpu")
 
 
 def pixel_range(model_or_meta) -> tuple[float, float]:
@@ -172,7 +180,11 @@ def encode_text(model, tok, texts) -> dict:
     """input_ids and attention_mask (padded, end token kept) of `texts`."""
     max_len = model.config.text_config.max_position_embeddings
     enc = tok(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    device = device_of(model)
+    return {
+        "input_ids": enc["input_ids"].to(device),
+        "attention_mask": enc["attention_mask"].to(device),
+    }
 
 
 def text_embeddings(model, text_inputs: dict) -> torch.Tensor:

@@ -22,6 +22,7 @@ from clearbench.clip import report
 from clearbench.clip import train as ct
 from clearbench.clip.data import load_clip_data
 from clearbench.clip.task import ClipTask, build_task
+from clearbench.compute import resolve_device
 from clearbench.io import atomic_path, write_json_atomic
 from clearbench.vision.protocol import merge
 
@@ -54,13 +55,22 @@ def parse_hp(text: str | None) -> dict:
     return hp
 
 
-def data_of(a, hp):
-    for flag in ("full", "real_faces", "split"):
-        if not Path(getattr(a, flag)).is_file():
-            raise FileNotFoundError(f"--{flag.replace('_', '-')}: no such file: {getattr(a, flag)}")
+def data_of(a, hp, split=None):
+    """The data with the targets of `split` (default: the only --split)."""
+    for flag, path in [("--full", a.full), ("--real-faces", a.real_faces)] + [
+        ("--split", p) for p in a.split
+    ]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{flag}: no such file: {path}")
     return load_clip_data(
-        a.full, a.real_faces, a.split, hp["image_size"], hp["eval_fraction"], hp["seed"]
+        a.full, a.real_faces, split or a.split[0], hp["image_size"], hp["eval_fraction"], hp["seed"]
     )
+
+
+def one_split(a) -> None:
+    if len(a.split) != 1 or len(a.eval) != 1 or len(a.summary) != 1:
+        what = "--gold" if a.step == "train" else a.step
+        raise ValueError(f"{what} takes one --split, --eval and --summary")
 
 
 def jsonable(v):
@@ -92,23 +102,34 @@ def has_non_finite(v) -> bool:
 
 
 def finish(model, tok, data, hp, a, **record) -> dict:
-    """Save the model, evaluate it, write the eval table and (last) the summary."""
+    """Save the model, evaluate it on each --split's groups, write the eval tables and (last)
+    the summaries. The photos and the train/eval partition do not depend on the split: only
+    which authors are the targets does."""
+    if len(a.eval) != len(a.split) or len(a.summary) != len(a.split):
+        raise ValueError("give one --eval and one --summary per --split")
     cm.save_clip(model, tok, a.out, **{k: v for k, v in record.items() if k != "info"})
-    df = ct.evaluate(model, tok, data, hp["template"])
-    with atomic_path(a.eval) as tmp:
-        df.to_parquet(tmp, index=False)
-    summary = {**ct.summary(df), **jsonable(record)}
-    write_json_atomic(a.summary, summary)
+    for i, (split, eval_path, summary_path) in enumerate(
+        zip(a.split, a.eval, a.summary, strict=True)
+    ):
+        data = data if i == 0 else data_of(a, hp, split)
+        df = ct.evaluate(model, tok, data, hp["template"])
+        with atomic_path(eval_path) as tmp:
+            df.to_parquet(tmp, index=False)
+        summary = {**ct.summary(df), **jsonable(record)}
+        write_json_atomic(summary_path, summary)
     return summary
 
 
 def cmd_train(a, hp) -> dict:
+    if a.gold:
+        one_split(a)  # the gold model of one split trains without its targets
     data = data_of(a, hp)
     spec = hp["model"]
     tok = None
     if not spec.get("checkpoint"):
         tok = cm.train_clip_tokenizer(cm.prompts(data.names, hp["template"]), hp["vocab_size"])
     model, tok = cm.build_clip(spec, tok, hp["seed"])
+    model.to(resolve_device(hp["device"]))
     start = time.perf_counter()
     info = ct.train_clip(model, tok, data, hp, gold=a.gold)
     seconds = round(time.perf_counter() - start, 3)
@@ -125,8 +146,10 @@ def cmd_unlearn(a, hp) -> dict:
     names = sorted(getattr(methods, "METHODS", None) or [])
     if names and a.method not in names:
         raise ValueError(f"unknown clip method '{a.method}' (known: {', '.join(names)})")
+    one_split(a)
     data = data_of(a, hp)
     model, tok, _ = cm.load_clip(a.original)
+    model.to(resolve_device(hp["device"]))
     task = build_task(model, tok, data, hp["template"])
     method_hp = dict(hp["method_hp"].get(a.method, {}))
     status, info = "ok", {}
@@ -155,10 +178,21 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("--full", required=True, help="CLEAR full.parquet (the authors)")
         s.add_argument("--real-faces", required=True, help="real_faces.parquet")
-        s.add_argument("--split", required=True, help="the forget split's parquet (targets)")
+        s.add_argument(
+            "--split",
+            required=True,
+            nargs="+",
+            help="the forget split's parquet (targets); the original: one per split",
+        )
         s.add_argument("--out", required=True, help="model folder")
-        s.add_argument("--eval", required=True, help="per-photo zero-shot table (.parquet)")
-        s.add_argument("--summary", required=True, help="accuracies, status, RTE (.json)")
+        s.add_argument(
+            "--eval",
+            required=True,
+            nargs="+",
+            help="per-photo zero-shot table (.parquet), one per --split",
+        )
+        s.add_argument("--summary", required=True, nargs="+",
+                       help="accuracies, status, RTE (.json), one per --split")  # fmt: skip
         s.add_argument("--hp", help="the clip track's params as one JSON object")
         s.add_argument("--threads", type=int, default=1)
         if name == "train":

@@ -31,6 +31,7 @@ DEFAULT_HP = dict(
     vocab_size=512,  # tiny model: BPE trained on the prompts
     model=dict(config=cm.TINY_CLIP_CONFIG),  # or checkpoint: openai/clip-vit-base-patch32
     train=dict(epochs=60, batch_size=64, lr=2e-3, weight_decay=0.1, augment=True),
+    device="cpu",  # cpu | cuda | auto (cuda when visible)
     method_hp={},  # per unlearning method: {name: {kwarg: value}}
 )
 
@@ -49,7 +50,7 @@ def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and a shift of up to 1/8 of the side (edge-padded): identity
     survives both, and 14 photos per author are few for a ViT trained from scratch."""
     b, _, s, _ = pixels.shape
-    flip = torch.rand(b, generator=gen) < 0.5
+    flip = (torch.rand(b, generator=gen) < 0.5).to(pixels.device)  # draws on the CPU: seeded
     pixels = torch.where(flip.view(b, 1, 1, 1), pixels.flip(-1), pixels)
     pad = max(1, s // 8)
     padded = F.pad(pixels, (pad, pad, pad, pad), mode="replicate")
@@ -61,7 +62,7 @@ def clip_loss(model, pixel_values, text_inputs) -> torch.Tensor:
     img = cm.image_embeddings(model, pixel_values)
     txt = cm.text_embeddings(model, text_inputs)
     logits = model.logit_scale.exp() * img @ txt.T
-    target = torch.arange(len(img))
+    target = torch.arange(len(img), device=img.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -90,7 +91,7 @@ def train_clip(model, tok, data: ClipData, hp: dict, gold: bool = False) -> dict
             x = pixels[b]
             if t.get("augment", True):
                 x = augment(x, gen)
-            ids = torch.as_tensor(labels[b])
+            ids = torch.as_tensor(labels[b], device=x.device)
             batch_text = {k: v[ids] for k, v in text.items()}
             loss = clip_loss(model, x, batch_text)
             if not torch.isfinite(loss):
@@ -124,7 +125,7 @@ def evaluate(model, tok, data: ClipData, template: str = "a photo of {name}", ch
     for start in range(0, len(idx), chunk):
         part = idx[start : start + chunk]
         logits = cm.zero_shot_logits(model, cm.to_pixels(data.pixels[part], model), text)
-        probs.append(logits.float().softmax(-1))
+        probs.append(logits.float().softmax(-1).cpu())
     probs = torch.cat(probs).numpy() if probs else np.zeros((0, data.n_identities))
     labels = data.labels[idx]
     pred = probs.argmax(-1) if len(idx) else np.zeros(0, dtype=int)
