@@ -34,13 +34,19 @@ def expected_counts(config: dict) -> dict[str, int]:
     splits = config["data"]["splits"]
     unlearn = config["unlearn"]
     methods = unlearn["methods"]
-    l1 = set(unlearn["l1"])
+    on = lambda track: [m for m in methods if track in METHODS[m].tracks]  # noqa: E731
+    trained = lambda track: [m for m in on(track) if not METHODS[m].edit]  # noqa: E731
+    edits = lambda track: [m for m in on(track) if METHODS[m].edit]  # noqa: E731
+    l1 = lambda track: set(config[track]["unlearn"].get("l1", unlearn["l1"]))  # noqa: E731
     # one run per (method, l1, modality): text in its own modality; vlm in every modality of
-    # the matrix, plus the modality study's methods in its modalities without l1 (Table 3)
-    text_runs = {(m, on, "text") for m in methods for on in l1}
+    # the matrix, plus the modality study's methods in its modalities without l1 (Table 3); a
+    # training-free edit once per track it runs on, without l1, in its own modality
+    text_runs = {(m, x, "text") for m in trained("text") for x in l1("text")}
+    text_runs |= {(m, False, "text") for m in edits("text")}
     study = unlearn["modality_study"]
-    vlm_runs = {(m, on, mod) for m in methods for on in l1 for mod in unlearn["modalities"]}
-    vlm_runs |= {(m, False, mod) for m in study["methods"] if m in methods for mod in study["modalities"]}  # fmt: skip
+    vlm_runs = {(m, x, mod) for m in trained("vlm") for x in l1("vlm") for mod in unlearn["modalities"]}  # fmt: skip
+    vlm_runs |= {(m, False, mod) for m in study["methods"] if m in trained("vlm") for mod in study["modalities"]}  # fmt: skip
+    vlm_runs |= {(m, False, METHODS[m].modality) for m in edits("vlm")}
     # DPO's reference: one per split and language track, when a method needs it
     reference = len(splits) if any(METHODS[m].reference for m in methods) else 0
 
@@ -72,6 +78,14 @@ def expected_counts(config: dict) -> dict[str, int]:
             "vision_score": len(families),
             "vision_report": 1,
         }
+    if "clip" in tracks:
+        clip_methods = config["clip"]["methods"]
+        counts |= {
+            "clip_original": 1,  # evaluated per split in the same job
+            "clip_gold": len(splits),
+            "clip_unlearn": len(splits) * len(clip_methods),
+            "clip_table": len(splits),
+        }
     counts = {rule: n for rule, n in counts.items() if n}
     counts["total"] = sum(counts.values())
     return counts
@@ -94,7 +108,8 @@ def test_paper_profile_is_the_papers_setup():
     """The numbers of CLEAR itself, written out (not read from the profile)."""
     config = paper_config()
     assert config["data"]["splits"] == ["forget01", "forget05", "forget10"]  # 1 %, 5 %, 10 %
-    assert set(config["tracks"]) == {"text", "vlm", "vision"}
+    assert set(config["tracks"]) == {"text", "vlm", "vision", "clip"}
+    assert set(config["text"]["unlearn"]["l1"]) == {False, True}  # default drops text l1
     unlearn = config["unlearn"]
     table1 = {"retain_ft", "ga", "gd", "kl", "idk", "dpo", "npo", "scrub", "llmu", "rmu"}
     assert table1 <= set(unlearn["methods"])  # Tables 1 and 4 (the profile adds SimNPO)
@@ -104,6 +119,10 @@ def test_paper_profile_is_the_papers_setup():
     assert vision["n_models"] == 128  # App. E: 64 models with F, 64 with H
     table2 = {"retain_ft", "scrub", "llmu", "rmu", "dpo", "scrub_bio", "sparsity", "twins"}
     assert table2 <= set(vision["methods"])  # Table 2 (the profile adds NegGrad, grad. orth.)
+    clip = config["clip"]  # the CLIP paper's App. I on its ViT-B/32
+    assert clip["model"]["checkpoint"] == "openai/clip-vit-base-patch32"
+    lip = clip["method_hp"]["lipschitz"]
+    assert (lip["lr"], lip["n_synthetic"], lip["n_perturb"]) == (5e-5, 64, 25)
 
 
 def test_paper_dry_run_counts_and_build_time(tmp_path):

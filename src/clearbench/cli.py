@@ -121,7 +121,9 @@ def cmd_leaderboard(a) -> dict:
 def cmd_report_html(a) -> dict:
     from clearbench.report.html import build_html_report
 
-    return build_html_report(a.leaderboard, a.out, a.tables, a.plots, a.vision, a.images)
+    return build_html_report(
+        a.leaderboard, a.out, a.tables, a.plots, a.vision, a.images, a.clip or ()
+    )
 
 
 def cmd_benchmarks(a) -> dict:
@@ -252,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--plots", help="folder of the plots")
     s.add_argument("--vision", help="the vision report's folder (Table 2, Figure 6)")
     s.add_argument("--images", help="the CLEAR data folder (data card, contact sheets)")
+    s.add_argument("--clip", nargs="*", help="the clip track's table folders (one per split)")
     s.add_argument("--out", required=True)
     s = sub.add_parser("dvc-yaml", help="write dvc.yaml from params.yaml (one stage per method)")
     s.set_defaults(fn=cmd_dvc_yaml)

@@ -49,6 +49,7 @@ rule html_report:
         tables=rules.leaderboard.output.tables,
         plots=rules.leaderboard.output.plots,
         vision_report=VISION_OUTPUTS if VISION_ON else [],
+        clip_tables=CLIP_OUTPUTS if CLIP_ON else [],
         data_card=CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
         code=src("report/html"),
     output:
@@ -57,6 +58,9 @@ rule html_report:
         # the folders of the optional inputs; without them the page says what it skipped
         vision=f"--vision {Path(VISION_OUTPUTS[0]).parent}" if VISION_ON else "",
         images=f"--images {CLEAR_DATA}" if config["data"]["clear"]["build"] else "",
+        clip=(
+            "--clip " + " ".join(f"results/clip/{split}" for split in SPLITS) if CLIP_ON else ""
+        ),
     log:
         "logs/report/html_report.log",
     benchmark:
@@ -68,4 +72,5 @@ rule html_report:
         "../../environment.yml"
     shell:
         "python -m clearbench report-html --leaderboard {input.csv} --tables {input.tables}"
-        " --plots {input.plots} {params.vision} {params.images} --out {output} > {log} 2>&1"
+        " --plots {input.plots} {params.vision} {params.images} {params.clip} --out {output}"
+        " > {log} 2>&1"

@@ -89,6 +89,7 @@ def build_html_report(
     plots: str | Path | None = None,
     vision: str | Path | None = None,
     images: str | Path | None = None,
+    clip: list[str | Path] = (),
 ) -> dict:
     """Write the report to `out`; optional folders that are None or missing become a note."""
     try:
@@ -128,6 +129,8 @@ def build_html_report(
     add("Tables", tables, {"tables"})
     add("Plots", plots, {"images"})
     add("Vision track (Table 2, Figure 6)", vision, {"tables", "images"})
+    for folder in clip:  # results/clip/<split>: the clip table and its plot
+        add(f"Clip track, {Path(folder).name}", folder, {"tables", "images"})
     add("CLEAR data: data card", images, {"images"})
     add("CLEAR data: contact sheets", Path(images) / "sheets" if images else None, {"images"})
 
