@@ -69,6 +69,21 @@ def test_report_holds_the_leaderboard_tables_and_embedded_plots(results):
     assert "skipped: no" in page  # missing vision / CLEAR folders are a note, not an error
 
 
+def test_each_clip_split_is_a_section_with_its_table_and_plot(results):
+    split = results / "clip" / "forget10"
+    split.mkdir(parents=True)
+    (split / "table.md").write_text("| model | target_acc_after |\n|---|---|\n| emb | 0.000 |\n")
+    (split / "emb.json").write_text("{}")  # a model summary beside it is not a table
+    (results / "plots" / "text_forget10.png").rename(split / "table.png")
+    out = results / "report.html"
+    summary = build_html_report(results / "leaderboard.csv", out, results / "tables",
+                                clip=[split, results / "clip" / "forget05"])  # fmt: skip
+    page = out.read_text()
+    assert summary["tables"] == 2 and summary["images"] == 1
+    assert "Clip track, forget10" in page and "<td>emb</td>" in page
+    assert "Clip track, forget05" in summary["skipped"]  # a missing split is a note
+
+
 def test_missing_leaderboard_is_one_line_naming_it(tmp_path, capsys):
     rc = main(["report-html", "--leaderboard", str(tmp_path / "nope.csv"),
                "--out", str(tmp_path / "r.html")])  # fmt: skip
