@@ -19,7 +19,7 @@ from tests.conftest import dry_run_with
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 PHASES = ["base", "finetune", "unlearn", "eval", "vision_pretrain", "vision_train",
-          "vision_unlearn", "cpu"]  # fmt: skip
+          "vision_unlearn", "clip", "cpu"]  # fmt: skip
 # every rule that runs a command -> the phase whose request it makes
 RULE_PHASE = {
     "text_data": "cpu",
@@ -43,6 +43,10 @@ RULE_PHASE = {
     "metrics": "cpu",
     "vision_score": "cpu",
     "vision_report": "cpu",
+    "clip_original": "clip",
+    "clip_gold": "clip",
+    "clip_unlearn": "clip",
+    "clip_table": "cpu",
     "leaderboard": "cpu",
 }
 AGGREGATES = {"all"}  # no command: never submitted

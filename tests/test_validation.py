@@ -219,11 +219,41 @@ CASES = [
         "data.forget_fractions.forget10: 1.5 is greater than or equal to the maximum of 1",
     ),
     # unknown track and key names, wrong types of plain keys
-    ({"tracks": ["text", "audio"]}, "tracks.1: 'audio' is not one of ['text', 'vision', 'vlm']"),
+    (
+        {"tracks": ["text", "audio"]},
+        "tracks.1: 'audio' is not one of ['text', 'vision', 'vlm', 'clip']",
+    ),
     ({"tracks": "text"}, "tracks: 'text' is not of type 'array'"),
+    # the clip track: its methods and their declared hyperparameters, its model
+    (
+        {"clip.methods": ["lipschitz", "salun"]},
+        "clip.methods: unknown clip method 'salun' (known: amnesiac, emb, lipschitz, ulip, unlink)",
+    ),
+    (
+        {"clip.method_hp.lipschitz.sigma": -1.0},
+        "clip.method_hp.lipschitz.sigma: -1.0 is less than or equal to the minimum of 0",
+    ),
+    (
+        {"clip.method_hp.unlink.variant": "fancy"},
+        "clip.method_hp.unlink.variant: 'fancy' is not one of ['plain', 'entangled']",
+    ),
+    ({"clip.template": "a photo"}, "clip.template: 'a photo' does not match '\\\\{name\\\\}'"),
+    (
+        {"clip.model.config.vision_config.patch_size": 64},
+        "clip.model.config.vision_config.patch_size: 64 is larger than image_size (32)",
+    ),
+    (
+        {"unlearn.method_hp.unlink.variant": "fancy"},
+        "unlearn.method_hp.unlink.variant: 'fancy' is not one of ['plain', 'entangled']",
+    ),
+    (
+        {"unlearn.method_hp.unlink.lr": 0.1},
+        "unlearn.method_hp.unlink.lr: unknown hyperparameter"
+        " (known: energy, k, layers, max_rows, n_retain, n_samples, ridge, seed, variant)",
+    ),
     (
         {"profil": "x"},
-        "profil: unknown key (known: compute, data, eval, profile, report, seed, text, tracks,"
+        "profil: unknown key (known: clip, compute, data, eval, profile, report, seed, text, tracks,"
         " unlearn, vision, vlm)",
     ),
     (
