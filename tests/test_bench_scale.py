@@ -12,6 +12,7 @@ from clearbench.report import bench_scale as B
 from clearbench.report import gpu_hours as G
 
 CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "html_report", "vision_score",
+             "clip_table",
              "vision_report", "all"}  # fmt: skip
 
 
@@ -49,7 +50,7 @@ def test_tiny_run_estimates_every_gpu_job_and_says_it_is_not_gpu_hours(tiny_run)
     assert set(tiny_run["not_counted"]) <= CPU_RULES  # a new GPU rule needs a planner
     rows = {r["kind"]: r for r in tiny_run["estimate"]}
     assert {"text_unlearn", "text_eval", "vlm_unlearn", "vlm_eval", "vision_train"} <= set(rows)
-    assert rows["text_unlearn"]["jobs"] == 66 and rows["vision_unlearn"]["jobs"] == 40
+    assert rows["text_unlearn"]["jobs"] == 66 and rows["vision_unlearn"]["jobs"] == 44
     assert rows["text_base"]["seconds"] == 0  # the paper profile's base is the checkpoint
     assert tiny_run["total_hours"] > 0 and not tiny_run["gpu_hours"]
     assert "NOT GPU-hours" in tiny_run["hours_unit"]
@@ -103,6 +104,18 @@ def test_plan_follows_the_paper_sizes(paper):
     vt = plan("vision_train", family="original", chunk="0-32")
     assert vt.units == {"vision.train@32x256": 20 * 8, "vision.embed@32x256": 15}
     assert plan("text_base").units == {} and plan("metrics", split="forget10") is None
+    # training-free edits cost no step
+    assert plan("vlm_unlearn", method="unlink", split="forget10", l1="nol1", modality="visual"
+                ).units == {}  # fmt: skip
+    assert plan("vision_unlearn", vmethod="unlink", chunk="0-32").units == {}
+    # clip: (3770 + 151) x 0.7 training photos, 10 epochs at batch 64
+    assert plan("clip_original").units == {"clip.train@64": 10 * math.ceil(3921 * 0.7 / 64)}
+    # lipschitz on forget10's 20 authors: 64 synthetic images each, at most 1000 synthesis
+    # steps; 30 passes of one step over the 1280 images in batches of 16, 25 perturbed copies
+    lip = plan("clip_unlearn", cmethod="lipschitz", split="forget10")
+    assert lip.units == {"clip.image@64": 20 * 1000, "clip.image@16": 30 * 80,
+                         "clip.embed@400": 30 * 80}  # fmt: skip
+    assert plan("clip_unlearn", cmethod="unlink", split="forget10").units == {}
 
 
 def test_parse_dry_run_reads_rules_and_wildcards():

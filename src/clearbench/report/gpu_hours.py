@@ -134,7 +134,14 @@ def base_work(spec: dict) -> Work:
     return Work("", note="base trained from a config: not estimated")
 
 
+# training-free edits (Unlink): a forward pass over a few forget samples per edited layer, no
+# optimizer step; seconds on any GPU, counted as nothing
+EDITS = ("unlink",)
+
+
 def unlearn_work(track: str, cfg: dict, method: str, rows: int) -> Work:
+    if method in EDITS:
+        return Work("", note="training-free edit: a few forward passes")
     section = cfg[track]["unlearn"]
     work = training(track, section, rows, LM_PASSES.get(method, DEFAULT_PASSES))
     if method == "dpo":  # the reference's log p of the IDK and the true answers, once
@@ -222,6 +229,8 @@ def vision_train_work(cfg: dict, family: str) -> Work:
 
 def vision_unlearn_work(cfg: dict, method: str) -> Work:
     """Epochs over each model's forget side, a retain batch with every forget batch."""
+    if method in EDITS:
+        return Work("", note="training-free edit: a few forward passes per model")
     u = cfg["vision"]["unlearn"]
     section = u | (u.get("method_hp") or {}).get(method, {})
     passes = VISION_PASSES.get(method, DEFAULT_PASSES)
@@ -235,6 +244,50 @@ def vision_pretrain_work(cfg: dict) -> Work:
     images = clear["n_celebs"] * clear["celeb_images"] * (1 - p.get("test_fraction", 0.0))
     steps = p["epochs"] * math.ceil(images / p["batch_size"])
     return Work("", Counter({key("vision", "train", f"1x{p['batch_size']}"): steps}), steps)
+
+
+def clip_train_photos(cfg: dict, split: str | None = None) -> float:
+    """Training photos of the clip track: every author's and famous person's photos less the
+    evaluation share, less the split's forget photos for its gold model."""
+    keep = 1 - cfg["clip"]["eval_fraction"]
+    photos = CLEAR["photos"] + CLEAR["real_faces"]
+    return keep * (photos - (CLEAR_FORGET[split] if split else 0))
+
+
+def clip_train_work(cfg: dict, split: str | None = None) -> Work:
+    """Contrastive steps (both towers) of the original or a gold model. The clip units are not
+    measured yet (bench_scale): the estimate lists them as missing."""
+    t = cfg["clip"]["train"]
+    steps = t["epochs"] * math.ceil(clip_train_photos(cfg, split) / t["batch_size"])
+    return Work("", Counter({key("clip", "train", t["batch_size"]): steps}), steps)
+
+
+def clip_unlearn_work(cfg: dict, method: str, split: str) -> Work:
+    """Synthesis (gradient steps on the images, at most synth_steps), then the method's
+    updates: Lipschitz-style passes (a graded batch and n_perturb frozen copies of it per step)
+    or amnesiac's contrastive epochs. Unlink: a few forward passes."""
+    from clearbench.clip.registry import DEFAULTS
+
+    if method in EDITS:
+        return Work("", note="training-free edit: a few forward passes")
+    hp = DEFAULTS[method] | cfg["clip"]["method_hp"].get(method, {})
+    targets = round(cfg["data"]["forget_fractions"][split] * CLEAR["authors"])
+    units, steps = Counter(), 0
+    n = targets * hp.get("n_synthetic", 0)
+    if "n_synthetic" in hp:
+        units[key("clip", "image", hp["n_synthetic"])] += targets * hp["synth_steps"]
+    if method == "amnesiac":
+        steps = hp["epochs"] * math.ceil(n / hp["batch_size"])
+        units[key("clip", "train", hp["batch_size"])] += steps
+    else:
+        if method == "ulip":
+            n = CLEAR_FORGET[split] * (1 - cfg["clip"]["eval_fraction"])
+        bs = hp["batch_size"]
+        steps = hp["max_iters"] * hp["steps_per_iter"]
+        batches = steps * math.ceil(n / bs)
+        units[key("clip", "image", bs)] += batches
+        units[key("clip", "embed", bs * hp["n_perturb"])] += batches
+    return Work("", units, steps)
 
 
 PLANNERS = {
@@ -261,6 +314,9 @@ PLANNERS = {
     "vision_pretrain": lambda w, cfg: vision_pretrain_work(cfg),
     "vision_train": lambda w, cfg: vision_train_work(cfg, w["family"]),
     "vision_unlearn": lambda w, cfg: vision_unlearn_work(cfg, w["vmethod"]),
+    "clip_original": lambda w, cfg: clip_train_work(cfg),
+    "clip_gold": lambda w, cfg: clip_train_work(cfg, w["split"]),
+    "clip_unlearn": lambda w, cfg: clip_unlearn_work(cfg, w["cmethod"], w["split"]),
 }
 
 
