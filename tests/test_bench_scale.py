@@ -38,6 +38,7 @@ def test_tiny_run_measures_every_unit_the_paper_dag_needs(tiny_run, paper):
     }
     want |= {G.key(t, op, b) for t in lm for b in lm[t]["train"] for op in ("train", "frozen")}
     want |= {G.key("vision", op, f"{m}x{b}") for op in vis for m, b in vis[op]}
+    want |= {G.key("clip", op, b) for op, batches in G.clip_keys(paper).items() for b in batches}
     assert set(got) == want
     for m in got.values():
         assert math.isfinite(m["seconds"]) and m["seconds"] > 0, m
@@ -54,6 +55,7 @@ def test_tiny_run_estimates_every_gpu_job_and_says_it_is_not_gpu_hours(tiny_run)
     assert rows["text_base"]["seconds"] == 0  # the paper profile's base is the checkpoint
     assert tiny_run["total_hours"] > 0 and not tiny_run["gpu_hours"]
     assert "NOT GPU-hours" in tiny_run["hours_unit"]
+    assert rows["clip_unlearn"]["jobs"] == 15 and not rows["clip_unlearn"]["missing"]
 
 
 def test_estimate_sums_units_times_seconds():

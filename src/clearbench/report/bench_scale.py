@@ -12,6 +12,8 @@ What runs (random weights built from configs, nothing downloaded), per job kind:
   vision  vmapped ensembles of ResNet-18 (`vision.chunk` models, as one vision job trains): a
           training step at the train and the unlearn batch size, one model at the pretraining
           batch size, and an embedding batch (how every vision job scores its models)
+  clip    CLIP ViT-B/32: a contrastive step of both towers, a forward and backward pass of the
+          image tower (synthesis, Lipschitz steps) and a forward pass without gradient
 Batch sizes, sequence lengths, LoRA, chunk and image size come from the profile (default
 config/paper.yaml over params.yaml, as Snakemake layers them). Sequences are max_len long: the
 upper bound of a batch padded to the profile's limit (TOFU QA average ~55 Llama tokens, the
@@ -45,7 +47,7 @@ from clearbench.compute import peak_memory_mb, resolve_device, to_device, torch_
 from clearbench.io import write_text_atomic
 from clearbench.models.factory import build_model
 from clearbench.report import gpu_hours
-from clearbench.report.gpu_hours import CLEAR, key, lm_keys, vision_keys
+from clearbench.report.gpu_hours import CLEAR, clip_keys, key, lm_keys, vision_keys
 from clearbench.train.loop import optimize
 from clearbench.train.qa import answer_outputs, sequence_nll
 from clearbench.train.text import add_lora, prepare_for_training
@@ -67,6 +69,13 @@ LLAVA_VOCAB = 32064  # llava-hf/llava-1.5-7b-hf: Llama's 32000, <image>, padding
 LLAVA_KEYS = dict(
     vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu"
 )
+# openai/clip-vit-base-patch32, the clip track's `paper` model
+CLIP_VIT_B_32 = dict(image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072,
+                     num_hidden_layers=12, num_attention_heads=12)  # fmt: skip
+CLIP_TEXT_B_32 = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                      num_attention_heads=8, max_position_embeddings=77)  # fmt: skip
+CLIP_VOCAB, CLIP_PROJECTION = 49408, 512
+CLIP_PROMPT_TOKENS = 16  # "a photo of {name}": about 8-12 BPE tokens, padded
 RESNET18 = dict(
     embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
 )
@@ -452,6 +461,72 @@ def bench_vision(cfg: dict, scale: Scale, env: Env, failed: dict) -> list[Timing
     return out
 
 
+# ----------------------------------------------------------------------------------- clip
+
+
+def clip_model(scale: Scale, env: Env):
+    """The clip track's dual encoder at `scale` (32 px patches kept: image tokens fall as
+    image**2), random weights, float32 as the clip jobs train it."""
+    from transformers import CLIPConfig, CLIPModel
+
+    patch = CLIP_VIT_B_32["patch_size"]
+    side = max(patch, CLIP_VIT_B_32["image_size"] // scale.image // patch * patch)
+    vision = scale.transformer(CLIP_VIT_B_32, 1) | dict(image_size=side)
+    text = scale.transformer(CLIP_TEXT_B_32, 1) | dict(vocab_size=scale.vocab_size(CLIP_VOCAB))
+    config = CLIPConfig(text_config=text, vision_config=vision,
+                        projection_dim=max(16, CLIP_PROJECTION // scale.width))  # fmt: skip
+    return CLIPModel(config).to(env.device), side
+
+
+def clip_step(model, op: str, b: int, side: int, env: Env):
+    """One timed call of a clip unit on random inputs (see gpu_hours.clip_keys)."""
+    from clearbench.clip.methods import image_features, text_features
+
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(b, 3, side, side, generator=gen).to(env.device)
+    vocab = model.config.text_config.vocab_size
+    ids = torch.randint(vocab, (b, CLIP_PROMPT_TOKENS), generator=gen).to(env.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def train():
+        img = torch.nn.functional.normalize(image_features(model, pixels), dim=-1)
+        txt = torch.nn.functional.normalize(text_features(model, {"input_ids": ids}), dim=-1)
+        logits = img @ txt.T * model.logit_scale.exp()
+        target = torch.arange(b, device=env.device)
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        (loss + torch.nn.functional.cross_entropy(logits.T, target)).backward()
+        opt.step()
+
+    def image():
+        model.zero_grad()
+        image_features(model, pixels).sum().backward()
+
+    def embed():
+        with torch.no_grad():
+            image_features(model, pixels)
+
+    return env.repeat({"train": train, "image": image, "embed": embed}[op])
+
+
+def bench_clip(cfg: dict, scale: Scale, env: Env, failed: dict) -> list[Timing]:
+    out = []
+    for op, batches in clip_keys(cfg).items():
+        for b in sorted(batches):
+            k = key("clip", op, b)
+            progress(f"clip {op} batch {b}")
+
+            def unit(op=op, b=b, k=k):
+                peak = env.memory()
+                model, side = clip_model(scale, env)
+                seconds = clip_step(model, op, b, side, env)
+                return [Timing(k, seconds, b, "img", f"{b}x{side}px", peak(), env.steps)]
+
+            out += attempt(unit, [k], failed, env)
+            env.free()
+    return out
+
+
 def measure(
     cfg: dict, scale: Scale, env: Env, text_len: int | None = None
 ) -> tuple[dict[str, Timing], dict[str, str]]:
@@ -465,6 +540,8 @@ def measure(
             out += bench_language(track, cfg, scale, env, text_len, failed)
     if "vision" in cfg["tracks"]:
         out += bench_vision(cfg, scale, env, failed)
+    if "clip" in cfg["tracks"]:
+        out += bench_clip(cfg, scale, env, failed)
     return {t.key: t for t in out}, failed
 
 

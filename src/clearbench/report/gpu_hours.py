@@ -255,22 +255,45 @@ def clip_train_photos(cfg: dict, split: str | None = None) -> float:
 
 
 def clip_train_work(cfg: dict, split: str | None = None) -> Work:
-    """Contrastive steps (both towers) of the original or a gold model. The clip units are not
-    measured yet (bench_scale): the estimate lists them as missing."""
+    """Contrastive steps (both towers) of the original or a gold model."""
     t = cfg["clip"]["train"]
     steps = t["epochs"] * math.ceil(clip_train_photos(cfg, split) / t["batch_size"])
     return Work("", Counter({key("clip", "train", t["batch_size"]): steps}), steps)
+
+
+def clip_hp(cfg: dict, method: str) -> dict:
+    """A clip method's hyperparameters as its job runs them: registry defaults, then params."""
+    from clearbench.clip.registry import DEFAULTS
+
+    return DEFAULTS[method] | (cfg["clip"].get("method_hp") or {}).get(method, {})
+
+
+def clip_keys(cfg: dict) -> dict[str, set]:
+    """Batch sizes each clip operation is measured at: `train` a contrastive step of both
+    towers, `image` a forward and backward pass of the image tower (synthesis, the Lipschitz
+    steps), `embed` a forward pass without gradient (the perturbed copies)."""
+    out = {"train": {cfg["clip"]["train"]["batch_size"]}, "image": set(), "embed": set()}
+    for method in cfg["clip"]["methods"]:
+        if method in EDITS:
+            continue
+        hp = clip_hp(cfg, method)
+        if "n_synthetic" in hp:
+            out["image"].add(hp["n_synthetic"])
+        if method == "amnesiac":
+            out["train"].add(hp["batch_size"])
+        else:
+            out["image"].add(hp["batch_size"])
+            out["embed"].add(hp["batch_size"] * hp["n_perturb"])
+    return out
 
 
 def clip_unlearn_work(cfg: dict, method: str, split: str) -> Work:
     """Synthesis (gradient steps on the images, at most synth_steps), then the method's
     updates: Lipschitz-style passes (a graded batch and n_perturb frozen copies of it per step)
     or amnesiac's contrastive epochs. Unlink: a few forward passes."""
-    from clearbench.clip.registry import DEFAULTS
-
     if method in EDITS:
         return Work("", note="training-free edit: a few forward passes")
-    hp = DEFAULTS[method] | cfg["clip"]["method_hp"].get(method, {})
+    hp = clip_hp(cfg, method)
     targets = round(cfg["data"]["forget_fractions"][split] * CLEAR["authors"])
     units, steps = Counter(), 0
     n = targets * hp.get("n_synthetic", 0)
