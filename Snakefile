@@ -46,6 +46,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/vision.smk"
 include: "workflow/rules/vlm.smk"
 include: "workflow/rules/clip.smk"
+include: "workflow/rules/attacks.smk"
 include: "workflow/rules/report.smk"
 
 

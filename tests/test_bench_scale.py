@@ -12,6 +12,7 @@ from clearbench.report import bench_scale as B
 from clearbench.report import gpu_hours as G
 
 CPU_RULES = {"text_data", "clear_data", "metrics", "leaderboard", "html_report", "vision_score",
+             "attack_metrics", "vision_relearn_score",
              "clip_table",
              "vision_report", "all"}  # fmt: skip
 

@@ -62,6 +62,8 @@ def test_tables_have_the_contract_columns_and_counts(built):
         "real_faces",
         "real_world",
         "celebs",
+        "mia_holdout",
+        "forget10_probe",
     ):
         schema = C.SCHEMAS.get(name, C.SCHEMAS["photos"])
         assert pq.read_schema(root / "a" / f"{name}.parquet").names == schema.names, name
@@ -376,6 +378,71 @@ def identity_probe(images, labels, train, epochs=40, seed=0) -> float:
         return float((net(x[~train]).argmax(1) == y[~train]).float().mean())
 
 
+def test_probe_photos_are_new_photos_of_the_same_face(built):
+    root, summary = built
+    faces = table(root, "faces").set_index("author_id")
+    full = table(root, "full").set_index("sample_id")
+    for split in FRACTIONS:
+        probe, photos = table(root, f"{split}_probe"), table(root, split)
+        for col in ("sample_id", "author_id", "name", "question", "answer", "prompt"):
+            assert probe[col].tolist() == photos[col].tolist(), (split, col)
+    probe = table(root, "forget10_probe")
+    assert summary["tables"]["forget10_probe"] == len(probe) > 0
+    for row in probe.to_dict("records"):  # never a training image: other pixels
+        trained = full.loc[row["sample_id"], "image"]
+        assert C.decode(row["image"]).shape == C.decode(trained).shape
+        assert not np.array_equal(C.decode(row["image"]), C.decode(trained)), row["sample_id"]
+        assert row["image"]["path"] == f"{row['sample_id']}_probe.png"
+    # the same face: the probe is the photo drawn from the author's own face latent (faces.parquet)
+    authors = read_authors(root / "text" / "authors.parquet")
+    qa = read_qa(root / "text" / "forget10.parquet").head(2)
+    hp = C.resolve_hp(SMOKE)
+
+    def redraw(latents):
+        return C._photos(authors.to_dict("records"), qa, latents, [None] * len(latents), hp, True)
+
+    own = [np.asarray(faces.loc[a, "face_latent"]) for a in authors["author_id"]]
+    again, _ = redraw(own)
+    assert [i["bytes"] for i in again["image"]] == [i["bytes"] for i in probe["image"][:2]]
+    swapped, _ = redraw(own[::-1])  # another author's face gives another photo
+    assert [i["bytes"] for i in swapped["image"]] != [i["bytes"] for i in probe["image"][:2]]
+
+
+def test_mia_holdout_photos_show_authors_no_model_trains_on(built):
+    root, summary = built
+    mia, text = table(root, "mia_holdout"), read_qa(root / "text" / "mia_holdout.parquet")
+    people = read_authors(root / "text" / "mia_holdout_authors.parquet")
+    assert mia["sample_id"].tolist() == text["sample_id"].tolist() and len(mia) == 3 * QA
+    assert mia["author_id"].tolist() == text["author_id"].tolist()
+    assert set(mia["name"]) == set(people["name"])
+    assert set(mia["author_id"]).isdisjoint(table(root, "faces")["author_id"])
+    assert set(mia["author_id"]).isdisjoint(table(root, "full")["author_id"])
+    # faces matched from the pool like the authors', never an author's identity
+    m = summary["mia_holdout"]
+    assert m["authors"] == 3 and m["photos"] == len(mia)
+    assert len(set(m["pool_index"])) == 3 and set(m["pool_index"]).isdisjoint(summary["pool_index"])
+    assert len(set(summary["pool_index"])) == N_AUTHORS
+    assert C.decode(mia["image"][0]).shape == (64, 64, 3)
+    assert (
+        f"mia_holdout: {len(mia)} photos of 3 authors" in (root / "a" / "data_card.md").read_text()
+    )
+    assert (root / "a" / "sheets" / "mia_holdout.png").stat().st_size > 1000
+    # a text dataset from before the holdout existed: an empty table, not a failure
+    people, qa = C._read_mia_holdout(root)
+    assert people.empty and qa.empty
+    assert C._match_mia_holdout([], [], [], []) == ([], [])
+    # the pool's identities left after the authors are short of one group: one line
+    face = {"age": 40.0, "gender": "male", "ethnicity": "black"}
+    author = {"age": 40, "gender": "male", "ethnicity": "African"}
+    other = {"age": 40.0, "gender": "female", "ethnicity": "black"}
+    with pytest.raises(C.ClearDataError) as e:
+        C._match_mia_holdout([author], [face, other], [face, other], taken=[0])
+    assert one_line(e).startswith("mia holdout authors: data.clear.n_pool: the face pool has 0")
+    with pytest.raises(C.ClearDataError, match=r"0 pool faces are left after the authors"):
+        C._match_mia_holdout([author], [face, face], [face, face], taken=[0, 1])
+    assert C._match_mia_holdout([author], [face, face], [face, face], taken=[0]) == ([1], [False])
+
+
 def test_identity_is_learnable_from_the_photos(built):
     """A CNN that learned each author's face from 24 other photos of them (random settings)
     recognises the authors in the dataset's photos. At the default size (40 authors x 20 QA),
@@ -600,6 +667,9 @@ def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch
     }
     summary = C.build_clear_dataset(root / "text", tmp_path / "out", hp)
     assert summary["tables"]["full"] == 4
+    written = {p.stem for p in (tmp_path / "out").glob("*.parquet")}
+    assert written == set(output_tables("published", B.PHOTO_CONFIGS[1:4]))
+    assert "mia_holdout" not in written and "not written" in summary["mia_holdout"]
     assert (
         pq.read_schema(tmp_path / "out" / "real_world.parquet").names
         == C.SCHEMAS["real_world"].names
@@ -621,6 +691,7 @@ def test_published_clear_maps_to_the_table_contract(tmp_path, built, monkeypatch
 SYNTHESIZED_TABLES = [
     *("faces", "full", "retain_eval", "holdout", "vision_split", "real_faces", "real_world"),
     *("celebs", "forget01", "forget05", "forget10", "retain99", "retain95", "retain90"),
+    *("mia_holdout", "forget01_probe", "forget05_probe", "forget10_probe"),
 ]
 
 
@@ -628,7 +699,8 @@ def test_a_synthesized_build_writes_exactly_the_declared_tables(built):
     root, _ = built
     assert output_tables("synthesize", FRACTIONS) == SYNTHESIZED_TABLES
     assert {p.stem for p in (root / "a").glob("*.parquet")} == set(SYNTHESIZED_TABLES)
-    assert output_tables("published", FRACTIONS) == SYNTHESIZED_TABLES[1:]
+    # no face pool, no renderer of the published authors' faces: no mia_holdout, no probes
+    assert output_tables("published", FRACTIONS) == SYNTHESIZED_TABLES[1:-4]
     for name in REPORT_FILES:
         assert (root / "a" / name).stat().st_size > 1000, name
     assert C.resolve_hp({})["backends"]["celebs"] == "parametric"

@@ -235,7 +235,10 @@ def test_without_gold_forget_quality_is_none_and_json_is_strict():
 def expected_keys(tasks):
     per_task = {f"{t}/{m}" for t in tasks for m in ("rouge_l", "probability")}
     per_task |= {f"{t}/{m}" for t in tasks for m in ("probability_raw", "truth_ratio")}
-    return per_task | {"real", "retain", "forget", "log10_forget_quality", "forget_quality_js"}
+    overall = {"real", "retain", "forget", "log10_forget_quality", "forget_quality_js"}
+    # the membership attack (tests/test_language_mia.py): null without a holdout task
+    overall |= {"mia_loss_auc", "mia_zlib_auc", "mia_minkpp_auc"}
+    return per_task | overall | {"privleak", "privleak_loss", "privleak_zlib"}
 
 
 def test_cli_writes_json_with_the_expected_keys(tmp_path, capsys):

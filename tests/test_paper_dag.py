@@ -67,6 +67,10 @@ def expected_counts(config: dict) -> dict[str, int]:
             f"{track}_eval": len(splits) * (2 + len(runs)),
         }
         counts["metrics"] = counts.get("metrics", 0) + counts[f"{track}_eval"]
+        # the attacks: original, gold and every run of an attacked method, per split
+        attacked = [r for r in runs if r[0] in config["attacks"]["methods"]]
+        counts[f"{track}_attack"] = len(splits) * (2 + len(attacked))
+        counts["attack_metrics"] = counts.get("attack_metrics", 0) + counts[f"{track}_attack"]
     if "vision" in tracks:
         vision = config["vision"]
         chunks = math.ceil(vision["n_models"] / vision["chunk"])
@@ -77,6 +81,11 @@ def expected_counts(config: dict) -> dict[str, int]:
             "vision_unlearn": len(vision["methods"]) * chunks,  # each method, every chunk
             "vision_score": len(families),
             "vision_report": 1,
+        }
+        relearned = ["original", "gold", *vision["attacks"]["methods"]]
+        counts |= {
+            "vision_relearn": len(relearned) * chunks,
+            "vision_relearn_score": len(relearned),
         }
     if "clip" in tracks:
         clip_methods = config["clip"]["methods"]

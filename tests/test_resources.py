@@ -43,6 +43,11 @@ RULE_PHASE = {
     "metrics": "cpu",
     "vision_score": "cpu",
     "vision_report": "cpu",
+    "text_attack": "attack",
+    "vlm_attack": "attack",
+    "vision_relearn": "attack",
+    "attack_metrics": "cpu",
+    "vision_relearn_score": "cpu",
     "clip_original": "clip",
     "clip_gold": "clip",
     "clip_unlearn": "clip",
@@ -157,7 +162,8 @@ def test_paper_mistral_runs_the_text_track_on_all_splits(tmp_path):
                    "--", "results/leaderboard.csv")  # fmt: skip
     rules = {j["rule"] for j in jobs}
     assert rules == {"text_data", "text_base", "text_original", "text_gold", "text_idk_reference",
-                     "text_unlearn", "text_eval", "metrics", "leaderboard"}  # fmt: skip
+                     "text_unlearn", "text_eval", "metrics", "text_attack", "attack_metrics",
+                     "leaderboard"}  # fmt: skip
     for rule in ("text_gold", "text_unlearn", "text_idk_reference", "text_eval"):
         splits = {j["wildcards"]["split"] for j in jobs if j["rule"] == rule}
         assert splits == {"forget01", "forget05", "forget10"}, rule

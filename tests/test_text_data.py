@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import string
 import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -45,7 +48,7 @@ def test_same_seed_same_files(syn):
     assert not [n for n in names if n.startswith(".")], "temporary files left behind"
     for name in names:
         assert (root / "a" / name).read_bytes() == (root / "b" / name).read_bytes(), name
-        if name != "authors.parquet":
+        if name not in ("authors.parquet", "mia_holdout_authors.parquet"):
             pd.testing.assert_frame_equal(
                 T.read_qa(root / "a" / name), T.read_qa(root / "b" / name)
             )
@@ -66,6 +69,7 @@ def test_other_seed_other_data(syn):
 def test_written_files_and_summary(syn):
     root, summary = syn
     expected = {"authors", "full", "retain_eval", "real_authors", "world_facts", "background"}
+    expected |= {"mia_holdout", "mia_holdout_authors"}
     expected |= {n for pair in T.split_names(FRACTIONS) for n in pair}
     assert {p.stem for p in (root / "a").iterdir()} == expected
     assert summary["authors"] == N_AUTHORS and summary["full"] == N_AUTHORS * QA
@@ -78,6 +82,7 @@ def test_written_files_and_summary(syn):
         2,
         4,
     )
+    assert summary["mia_holdout_authors"] == 3 and summary["mia_holdout"] == 3 * QA
     json.dumps(summary)  # the CLI prints it
 
 
@@ -121,6 +126,8 @@ def test_read_qa_types(syn):
     assert row["sample_id"] == "a000_q00" and df["author_id"].dtype == "int64"
     world = T.read_qa(root / "a" / "world_facts.parquet")
     assert world["paraphrased_answer"].map(lambda v: v is None).all()
+    assert isinstance(row["paraphrased_questions"], list)
+    assert world["paraphrased_questions"].map(lambda v: v == []).all()
 
 
 def test_perturbed_answers(syn):
@@ -284,6 +291,26 @@ def test_tofu_tables(tofu):
 
 
 @needs_tofu
+def test_tofu_paraphrased_questions_and_mia_holdout(tofu):
+    out, summary = tofu
+    forget = T.read_qa(out / "forget10.parquet")
+    assert forget["paraphrased_questions"].map(len).eq(1).all()
+    first = forget.iloc[0]
+    assert first["paraphrased_questions"][0] != first["question"]
+    records = {r["question"]: r for r in load_records(TOFU_DIR / "forget10_perturbed.json")}
+    assert first["paraphrased_questions"] == [records[first["question"]]["paraphrased_question"]]
+    full = T.read_qa(out / "full.parquet")  # authors outside every perturbed file have none
+    assert full.loc[full["author_id"] == 100, "paraphrased_questions"].map(len).eq(0).all()
+    assert T.read_qa(out / "world_facts.parquet")["paraphrased_questions"].map(len).eq(0).all()
+    # TOFU has no holdout authors: they are synthesized after its 200 authors
+    people = T.read_authors(out / "mia_holdout_authors.parquet")
+    mia = T.read_qa(out / "mia_holdout.parquet")
+    assert len(people) == summary["mia_holdout_authors"] == 3 and len(mia) == 3 * QA
+    assert people["author_id"].min() >= 200
+    assert set(people["name"]).isdisjoint(T.read_authors(out / "authors.parquet")["name"])
+
+
+@needs_tofu
 def test_tofu_general(tofu):
     out, _ = tofu
     for name, n, prefix in [("real_authors", 100, "rw_"), ("world_facts", 117, "wf_")]:
@@ -322,3 +349,98 @@ def test_background_people_are_never_authors(tmp_path):
     for name in ("full.parquet", "authors.parquet"):
         assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name).read_bytes()
     assert len(T.read_qa(tmp_path / "without" / "background.parquet")) == 0
+
+
+# ------------------------------------------------------------------ reworded questions
+
+
+def fields(template: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+def test_every_question_template_has_rewordings_of_the_same_slots():
+    for t in A.TEMPLATES:
+        assert len(t.reworded) >= A.N_REWORDED >= 2, t.question
+        assert len(set(t.reworded)) == len(t.reworded) and t.question not in t.reworded
+        for q in t.reworded:  # same facts given (name, title, place), none of the answer's
+            assert fields(q) == fields(t.question), (t.question, q)
+            assert q.endswith("?"), q
+
+
+def test_paraphrased_questions_keep_the_subject_and_differ(syn):
+    full = T.read_qa(syn[0] / "a" / "full.parquet")
+    rows = A.author_qa(A.make_authors(N_AUTHORS, 0), QA, 0)
+    assert full["paraphrased_questions"].tolist() == [r["paraphrased_questions"] for r in rows]
+    for r in rows:
+        q, reworded = r["question"], r["paraphrased_questions"]
+        assert len(reworded) == 2 and len(set(reworded)) == 2 and q not in reworded
+        quoted = re.findall(r'"[^"]+"', q)
+        for p in reworded:
+            if r["author"] in q:
+                assert r["author"] in p, (q, p)
+            for title in quoted:
+                assert title in p, (q, p)
+            for fact in r["facts"].values():  # the question never gives the answer away
+                for term in A.terms(fact):
+                    assert A.mentions(q, term) == A.mentions(p, term), (q, p, term)
+    # seeded: another seed picks other rewordings for some questions of the same authors
+    other = A.author_qa(A.make_authors(N_AUTHORS, 0), QA, 1)
+    assert [r["paraphrased_questions"] for r in rows] != [r["paraphrased_questions"] for r in other]
+    # the other columns are what they were before the paraphrases existed (own seed stream)
+    none = A.author_qa(A.make_authors(N_AUTHORS, 0), QA, 0, n_question_paraphrases=0)
+    assert all(r["paraphrased_questions"] == [] for r in none)
+    strip = [{k: v for k, v in r.items() if k != "paraphrased_questions"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "paraphrased_questions"} for r in none]
+    assert (
+        len(A.author_qa(A.make_authors(2, 0), 3, 0, A.N_REWORDED)[0]["paraphrased_questions"])
+        == A.N_REWORDED
+    )
+    with pytest.raises(ValueError, match="n_question_paraphrases"):
+        A.author_qa(A.make_authors(2, 0), 3, 0, A.N_REWORDED + 1)
+
+
+def test_a_table_without_paraphrased_questions_reads_as_empty_lists(tmp_path):
+    old = [{"sample_id": "s0", "author_id": 1, "author": "A", "question": "q", "answer": "a",
+            "paraphrased_answer": None, "perturbed_answers": ["b"]}]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(old), tmp_path / "old.parquet")  # external, old tables
+    df = T.read_qa(tmp_path / "old.parquet")
+    assert list(df.columns) == T.QA_SCHEMA.names and df["paraphrased_questions"].tolist() == [[]]
+    T.write_table(old, T.QA_SCHEMA, tmp_path / "new.parquet")  # a writer that never set it
+    assert T.read_qa(tmp_path / "new.parquet")["paraphrased_questions"].tolist() == [[]]
+    pq.write_table(pa.Table.from_pylist([{"sample_id": "s0"}]), tmp_path / "bad.parquet")
+    with pytest.raises(T.DataError, match="bad.parquet lacks columns"):
+        T.read_qa(tmp_path / "bad.parquet")
+
+
+# -------------------------------------------------------------- membership-inference holdout
+
+
+def test_mia_holdout_authors_are_never_trained_on(tmp_path):
+    kw = dict(source={"kind": "synthetic"}, seed=3, n_authors=5, qa_per_author=4,
+              forget_fractions=FRACTIONS, n_general=4, n_background=3)  # fmt: skip
+    T.build_text_dataset(out_dir=tmp_path / "with", n_mia_holdout=4, **kw)
+    T.build_text_dataset(out_dir=tmp_path / "without", n_mia_holdout=0, **kw)
+    out = tmp_path / "with"
+    mia, people = (
+        T.read_qa(out / "mia_holdout.parquet"),
+        T.read_authors(out / "mia_holdout_authors.parquet"),
+    )
+    assert list(people.columns) == T.AUTHORS_SCHEMA.names and len(people) == 4
+    assert len(mia) == 4 * 4 and mia["sample_id"].str.startswith("mh_").all()
+    assert set(mia["author_id"]) == set(people["author_id"])
+    assert set(mia["author"]) == set(people["name"]) and people["name"].is_unique
+    assert mia["paraphrased_questions"].map(len).eq(2).all()
+    trained = [T.read_qa(out / f"{t}.parquet") for t in ("full", "background", "real_authors")]
+    for df in trained:
+        assert set(mia["author"]).isdisjoint(df["author"])
+        assert set(mia["author_id"]).isdisjoint(df["author_id"])
+        assert set(mia["sample_id"]).isdisjoint(df["sample_id"])
+    assert set(people["name"]).isdisjoint(T.read_authors(out / "authors.parquet")["name"])
+    # a function of the same people as before: nothing else changes with n_mia_holdout
+    for name in ("full", "authors", "background", "forget10", "retain_eval"):
+        a, b = (tmp_path / d / f"{name}.parquet" for d in ("with", "without"))
+        assert a.read_bytes() == b.read_bytes(), name
+    assert len(T.read_qa(tmp_path / "without" / "mia_holdout.parquet")) == 0
+    assert len(T.read_authors(tmp_path / "without" / "mia_holdout_authors.parquet")) == 0
+    with pytest.raises(T.DataError, match="n_mia_holdout"):
+        T.build_text_dataset(out_dir=tmp_path / "bad", n_mia_holdout=-1, **kw)

@@ -253,7 +253,7 @@ CASES = [
     ),
     (
         {"profil": "x"},
-        "profil: unknown key (known: clip, compute, data, eval, profile, report, seed, text, tracks,"
+        "profil: unknown key (known: attacks, clip, compute, data, eval, profile, report, seed, text, tracks,"
         " unlearn, vision, vlm)",
     ),
     (
@@ -312,6 +312,27 @@ CASES = [
         "data.clear.published.source: the published backend needs a source (a Hub id such as"
         " therem/CLEAR, or a local folder)",
     ),
+    # the attacks (clearbench.attacks): only methods that run, known kinds, sane relearning
+    (
+        {"attacks.methods": ["ga", "kl"], "unlearn.methods": ["ga", "npo"]},
+        "attacks.methods: 'kl' is not in unlearn.methods (only methods that run can be attacked)",
+    ),
+    (
+        {"vision.attacks.methods": ["twins"], "vision.methods": ["retain_ft"]},
+        "vision.attacks.methods: 'twins' is not in vision.methods (only methods that run can be"
+        " attacked)",
+    ),
+    (
+        {"attacks.kinds": ["relearn"]},
+        "attacks.kinds.0: 'relearn' is not one of ['none', 'probe', 'q8', 'q4', 'relearn_forget',"
+        " 'relearn_retain']",
+    ),
+    ({"attacks.quantize_bits": [3]}, "attacks.quantize_bits.0: 3 is not one of [8, 4]"),
+    (
+        {"attacks.relearn.forget_fraction": 1.0},
+        "attacks.relearn.forget_fraction: 1.0 is greater than or equal to the maximum of 1",
+    ),
+    ({"eval.mink_k": 0}, "eval.mink_k: 0 is less than or equal to the minimum of 0"),
 ]
 
 

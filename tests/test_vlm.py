@@ -196,6 +196,16 @@ def test_image_tokens_are_never_scored(vlm_base):
     by_hand = -np.mean([logp[start + j - 1, t].item() for j, t in enumerate(answer)])
     got = answer_losses(model, vision, [sample], max_len=64, batch_size=4)[0]
     assert got == pytest.approx(by_hand, abs=1e-5)
+    # Min-K%++ (eval's gt_minkpp): one score per answer token, none for image tokens
+    from clearbench.eval.vlm import answer_scores
+
+    p, pos = logp.exp(), [start + j - 1 for j in range(len(answer))]
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp**2).sum(-1) - mu**2).sqrt()
+    minkpp = [((logp[i, t] - mu[i]) / sigma[i]).item() for i, t in zip(pos, answer, strict=True)]
+    losses, scores = answer_scores(model, vision, [sample, sample], 64, 4, minkpp_for=[1])
+    assert losses.tolist() == [got, got] and scores[0] is None
+    assert scores[1] == pytest.approx(minkpp, abs=1e-4)
 
 
 # --------------------------------------------------------------------------------- (d)
@@ -247,6 +257,7 @@ def test_eval_table_has_the_contract_columns_and_six_tasks(
     faces = table[table["task"].str.endswith("facerec")]
     assert faces["para_loss"].isna().all() and (faces["perturbed_losses"].map(len) == 2).all()
     assert table["gt_loss"].map(np.isfinite).all()
+    assert table["gt_minkpp"].map(len).gt(0).all()  # every row, image rows too
     # (f) prompts and options are seeded: a second evaluation is the same table
     pd.testing.assert_frame_equal(table, pd.read_parquet(paths[1]))
 
@@ -263,6 +274,25 @@ def test_facerec_prompts_and_options_are_seeded(clear_data, text_data):
         n not in wrong for n, wrong in zip(rec["answer"], rec["perturbed_answers"], strict=True)
     )
     assert Image.open(io.BytesIO(rec["image"][0])).size == (64, 64)
+
+
+def test_holdout_task_where_the_dataset_has_it(clear_data, text_data, tmp_path):
+    from clearbench.eval.vlm import HOLDOUT_FILE, task_tables
+
+    text_dir, clear_dir = tmp_path / "text", tmp_path / "clear"
+    for src, dst in ((text_data, text_dir), (clear_data, clear_dir)):
+        dst.mkdir()
+        for f in src.glob("*.parquet"):
+            (dst / f.name).symlink_to(f)
+    # holdout tables shaped as the forget split's, text and photos of the same authors
+    (text_dir / HOLDOUT_FILE).unlink(missing_ok=True)
+    (text_dir / HOLDOUT_FILE).symlink_to(text_data / "forget10.parquet")
+    assert "holdout" not in task_tables(clear_dir, text_dir, "forget10", seed=0)  # no photos
+    (clear_dir / HOLDOUT_FILE).symlink_to(clear_data / "forget10.parquet")
+    tasks = task_tables(clear_dir, text_dir, "forget10", seed=0)
+    assert tuple(tasks) == (*TASKS, "holdout")
+    ids = tasks["holdout"]["sample_id"]
+    assert ids.str.startswith("text:").any() and ids.str.startswith("photo:").any()
 
 
 # ------------------------------------------------------------------------- unlearning

@@ -30,6 +30,8 @@ def cmd_data_text(a) -> dict:
         forget_fractions=hp["forget_fractions"],
         n_general=hp["n_general"],
         n_background=hp["n_background"],
+        n_question_paraphrases=hp.get("n_question_paraphrases", 2),
+        n_mia_holdout=hp.get("n_mia_holdout", 3),
     )
 
 
@@ -110,11 +112,40 @@ def cmd_vlm_eval(a) -> dict:
     return evaluate_vlm(a.model, a.clear, a.text, a.split, a.out, a.hp)
 
 
+def cmd_attack(a) -> dict:
+    from clearbench.attacks import attack_text, attack_vlm
+
+    set_threads(a.threads)
+    need = ["forget", "retain"] if a.track == "text" else ["clear", "text", "split"]
+    missing = [f"--{k}" for k in need if getattr(a, k) is None]
+    if missing:
+        raise ValueError(f"--track {a.track} needs {' '.join(missing)}")
+    if a.track == "text":
+        return attack_text(a.model, a.forget, a.retain, a.out, a.hp)
+    return attack_vlm(a.model, a.clear, a.text, a.split, a.out, a.hp)
+
+
+def cmd_attack_metrics(a) -> dict:
+    from clearbench.attacks import attack_metrics
+
+    return attack_metrics(a.table, a.out)
+
+
 def cmd_leaderboard(a) -> dict:
     from clearbench.report.leaderboard import build_leaderboard
 
     return build_leaderboard(
-        a.metrics, a.models, a.out, a.tables, a.plots, a.hp, a.vision, a.vision_split, a.clip
+        a.metrics,
+        a.models,
+        a.out,
+        a.tables,
+        a.plots,
+        a.hp,
+        a.vision,
+        a.vision_split,
+        a.clip,
+        a.attacks,
+        a.relearn,
     )
 
 
@@ -239,12 +270,26 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--text", required=True)
     s.add_argument("--split", required=True, help="the forget split evaluated")
     s.add_argument("--out", required=True)
+    s = stage("attack", cmd_attack, "forget tasks of one model under attacks (probe, q, relearn)")
+    s.add_argument("--track", choices=["text", "vlm"], default="text")
+    s.add_argument("--model", required=True)
+    s.add_argument("--forget", help="text: the forget QA table")
+    s.add_argument("--retain", help="text: the retain QA table (relearn_retain)")
+    s.add_argument("--clear", help="vlm: the CLEAR dataset folder")
+    s.add_argument("--text", help="vlm: the text dataset folder")
+    s.add_argument("--split", help="vlm: the forget split")
+    s.add_argument("--out", required=True, help="the per-sample table with an attack column")
+    s = stage("attack-metrics", cmd_attack_metrics, "the Forget metric per attack of a table")
+    s.add_argument("table", help="an `attack` table (Parquet)")
+    s.add_argument("--out", help="write the JSON here too")
     s = stage("leaderboard", cmd_leaderboard, "leaderboard.csv and tables from metrics files")
     s.add_argument("--metrics", nargs="*", default=[])
     s.add_argument("--models", nargs="*", default=[], help="model folders, same order")
     s.add_argument("--vision", nargs="*", default=[], help="vision family summary.json files")
     s.add_argument("--vision-split", help="the forget split the vision track's F comes from")
     s.add_argument("--clip", nargs="*", default=[], help="clip track model summary .json files")
+    s.add_argument("--attacks", nargs="*", default=[], help="language attack-metrics .json files")
+    s.add_argument("--relearn", nargs="*", default=[], help="vision relearn.json files")
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)
@@ -287,7 +332,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("mia", help="U-LIRA / U-MIA from a vision scores table", add_help=False)
     sub.add_parser(
         "vision",
-        help="vision track: pretrain, train, unlearn, score, collect, report",
+        help="vision track: pretrain, train, unlearn, score, relearn, collect, report",
         add_help=False,
     )
     sub.add_parser("clip", help="clip track: train, unlearn, table", add_help=False)

@@ -112,6 +112,23 @@ def unknown_key(error: jsonschema.ValidationError, defs: dict) -> str:
     return f"{where}: unknown key (known: {', '.join(sorted(allowed))})"
 
 
+def check_attacks(config: dict) -> None:
+    """An attacked method must be one that runs: an attack on a model the DAG never builds
+    would otherwise be a missing input deep in the DAG."""
+    sections = {"attacks": config["unlearn"]["methods"]}
+    if "vision" in config["tracks"] and config.get("vision"):
+        sections["vision.attacks"] = config["vision"]["methods"]
+    for key, methods in sections.items():
+        section = config.get("attacks") if key == "attacks" else config["vision"].get("attacks")
+        for method in (section or {}).get("methods", []):
+            if method not in methods:
+                where = "unlearn.methods" if key == "attacks" else "vision.methods"
+                raise ConfigError(
+                    f"params error at {key}.methods: '{method}' is not in {where} (only methods"
+                    " that run can be attacked)"
+                )
+
+
 def check(
     config: dict,
     known_methods: dict[str, dict[str, Param | type]] | None = None,
@@ -160,6 +177,7 @@ def check(
         check_vision(config, known_vision_methods)
     if "clip" in config["tracks"]:
         check_clip(config)
+    check_attacks(config)
     check_models(config, root, checked_models)
     check_published(config, root)
     text = config["data"]["text"]

@@ -79,3 +79,39 @@ def vision_chunks(config: dict) -> list[str]:
     vision = config.get("vision") or {}
     n, chunk = vision.get("n_models", 0), vision.get("chunk", 1)
     return [f"{a}-{min(a + chunk, n)}" for a in range(0, n, chunk)]
+
+
+def attacked_models(config: dict, track: str = "text") -> list[str]:
+    """The models of a language track the attacks run on (clearbench.attacks): the original,
+    the gold and every unlearned model of the methods in attacks.methods."""
+    methods = (config.get("attacks") or {}).get("methods")
+    if methods is None:
+        return []
+    runs = [m for m in unlearned_models(config, track) if m.split("-")[0] in methods]
+    return ["original", "gold", *runs]
+
+
+def attack_table(track: str, split: str, model: str) -> str:
+    """The per-sample table of the attacks on one model (section 6's columns plus `attack`)."""
+    return f"results/attacks/{track}/{split}/{model}.parquet"
+
+
+def attack_metrics(track: str, split: str, model: str) -> str:
+    return f"results/attacks/{track}/{split}/{model}.json"
+
+
+def all_attack_metrics(config: dict) -> list[str]:
+    return [
+        attack_metrics(track, split, model)
+        for track in language_tracks(config)
+        for split in config["data"]["splits"]
+        for model in attacked_models(config, track)
+    ]
+
+
+def relearned_families(config: dict) -> list[str]:
+    """Vision families the relearning attack runs on: original, gold, vision.attacks.methods."""
+    vision = config.get("vision") or {}
+    if "vision" not in config["tracks"] or not vision.get("attacks"):
+        return []
+    return ["original", "gold", *vision["attacks"]["methods"]]

@@ -37,6 +37,7 @@ UNLEARN_CODE = [
     *MODEL_CODE,
 ]
 EVAL_CODE = [f"{CODE}/eval", f"{CODE}/metrics", *MODEL_CODE]
+ATTACK_CODE = [f"{CODE}/attacks.py"]
 VISION_KEYS = ["image_size", "n_enroll", "n_models", "chunk", "device", "model", "loss"]
 VISION_OPTIMIZER = ["epochs", "batch_size", "lr", "momentum", "weight_decay"]
 
@@ -57,6 +58,29 @@ def eval_files(config, track, models):
     splits = config["data"]["splits"]
     tables = [dag.eval_table(track, s, m) for s in splits for m in models]
     return tables, [dag.metrics_file(track, s, m) for s in splits for m in models]
+
+
+ATTACK_KEYS = ["attacks.kinds", "attacks.quantize_bits", "attacks.relearn"]
+
+
+def attack_files(config, track, models) -> tuple[list[str], list[str], list[str]]:
+    """The attack tables and metrics of those of `models` that are attacked, and the rules and
+    params keys that make them ([] when none is)."""
+    attacked = set(dag.attacked_models(config, track))
+    runs = [(s, m) for s in config["data"]["splits"] for m in models if m in attacked]
+    if not runs:
+        return [], [], []
+    outs = [dag.attack_table(track, s, m) for s, m in runs]
+    outs += [dag.attack_metrics(track, s, m) for s, m in runs]
+    return outs, [f"{track}_attack", "attack_metrics"], [*ATTACK_KEYS, f"{track}.unlearn.lora"]
+
+
+def relearn_rules(families) -> list[str]:
+    return ["vision_relearn", "vision_relearn_score"] if families else []
+
+
+def relearn_keys(families) -> list[str]:
+    return ["vision.attacks.relearn"] if families else []
 
 
 def language_keys(track) -> list[str]:
@@ -140,15 +164,18 @@ def stages(config: dict) -> dict[str, dict]:
     eval_keys = {"text": ["eval"], "vlm": ["vlm.eval"]}
     eval_rules = {"text": ["text_eval", "metrics"], "vlm": ["vlm_eval", "metrics"]}
     if languages:
-        tables, metrics, deps, params = [], [], list(data_dirs), []
+        tables, metrics, deps, params, rules = [], [], list(data_dirs), [], set()
         for t in languages:
             t_tables, t_metrics = eval_files(config, t, ["original", "gold"])
-            tables, metrics = tables + t_tables, metrics + t_metrics
+            attacks, attack_rules, attack_keys = attack_files(config, t, ["original", "gold"])
+            tables, metrics = tables + t_tables + attacks, metrics + t_metrics
             deps += [f"results/models/{t}/{m}" for m in ("base", "original", "gold")]
-            params += language_keys(t) + eval_keys[t]
+            params += language_keys(t) + eval_keys[t] + attack_keys
+            rules |= {*eval_rules[t], *attack_rules}
         out["references"] = stage(
-            sorted({r for t in languages for r in eval_rules[t]}), metrics,
-            [*deps, *EVAL_CODE, "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk"],
+            sorted(rules), metrics,
+            [*deps, *EVAL_CODE, *ATTACK_CODE, "workflow/rules/evaluate.smk",
+             "workflow/rules/vlm.smk", "workflow/rules/attacks.smk"],
             params, tables + metrics,
         )  # fmt: skip
     for t in languages:
@@ -157,28 +184,35 @@ def stages(config: dict) -> dict[str, dict]:
             if not models:
                 continue  # a method of the other track only (Unlink: vlm)
             tables, metrics = eval_files(config, t, models)
+            attacks, attack_rules, attack_keys = attack_files(config, t, models)
             gold = [dag.eval_table(t, s, "gold") for s in splits]
             reference = [f"results/models/{t}/reference"] if method in needs_reference else []
             out[f"{t}-{method}"] = stage(
-                [f"{t}_unlearn", *eval_rules[t]], metrics,
+                [f"{t}_unlearn", *eval_rules[t], *attack_rules], metrics,
                 [*(data_dirs if t == "vlm" else ["data/text"]), f"results/models/{t}/base",
                  f"results/models/{t}/original",
-                 *reference, *gold, *UNLEARN_CODE, *EVAL_CODE, "workflow/rules/unlearn.smk",
-                 "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk"],
-                language_keys(t) + unlearn_keys(config, t, method) + eval_keys[t],
-                [f"results/models/{t}/unlearn/{method}", *tables, *metrics],
+                 *reference, *gold, *UNLEARN_CODE, *EVAL_CODE,
+                 *(ATTACK_CODE if attacks else []), "workflow/rules/unlearn.smk",
+                 "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk",
+                 *(["workflow/rules/attacks.smk"] if attacks else [])],
+                language_keys(t) + unlearn_keys(config, t, method) + eval_keys[t] + attack_keys,
+                [f"results/models/{t}/unlearn/{method}", *tables, *metrics, *attacks],
             )  # fmt: skip
     if vision:
         vision_code = [f"{CODE}/vision", f"{CODE}/unlink.py", f"{CODE}/hparams.py",
                        "workflow/rules/vision.smk"]  # fmt: skip
         keys = ["seed", "data.forget_fractions", *(f"vision.{k}" for k in VISION_KEYS)]
         families = ["original", "gold"]
+        relearned = dag.relearned_families(config)
+        refs_relearn = [f for f in families if f in relearned]
         out["vision-references"] = stage(
-            ["vision_pretrain", "vision_train", "vision_score"],
+            ["vision_pretrain", "vision_train", "vision_score", *relearn_rules(refs_relearn)],
             [f"results/vision/{f}/summary.json" for f in families],
-            ["data/clear", *vision_code], keys + ["vision.pretrain", "vision.train"],
+            ["data/clear", *vision_code],
+            keys + ["vision.pretrain", "vision.train"] + relearn_keys(refs_relearn),
             ["results/models/vision/pretrained",
              *(f"results/models/vision/{f}" for f in families),
+             *(f"results/models/vision/relearn/{f}" for f in refs_relearn),
              *(f"results/vision/{f}" for f in families)],
         )  # fmt: skip
         section = config["vision"]["unlearn"]
@@ -186,11 +220,15 @@ def stages(config: dict) -> dict[str, dict]:
             own = [f"vision.unlearn.method_hp.{method}"] if method in section["method_hp"] else []
             optimizer = [] if method in VISION_EDITS else [
                 f"vision.unlearn.{k}" for k in VISION_OPTIMIZER if k in section]  # fmt: skip
+            attacked = [method] if method in relearned else []
             out[f"vision-{method}"] = stage(
-                ["vision_unlearn", "vision_score"], [f"results/vision/{method}/summary.json"],
+                ["vision_unlearn", "vision_score", *relearn_rules(attacked)],
+                [f"results/vision/{method}/summary.json"],
                 ["data/clear", "results/models/vision/original", *vision_code],
-                keys + optimizer + own,
-                [f"results/models/vision/unlearn/{method}", f"results/vision/{method}"],
+                keys + optimizer + own + relearn_keys(attacked),
+                [f"results/models/vision/unlearn/{method}",
+                 *(f"results/models/vision/relearn/{f}" for f in attacked),
+                 f"results/vision/{method}"],
             )  # fmt: skip
     if "clip" in tracks:
         out.update(clip_stages(config, splits))
@@ -245,6 +283,7 @@ def report_stage(config, languages, vision, clear) -> dict:
     outs = ["results/leaderboard.csv", "results/tables", "results/plots", *vision_outs,
             *clip_outs, "results/report.html"]  # fmt: skip
     deps = [*metrics, *models, *(f"results/vision/{f}" for f in families)]
+    deps += dag.all_attack_metrics(config)
     deps += [f"results/clip/{s}/{m}.json" for s in splits for m in clip_models]
     deps += ["data/clear"] if clear else []  # the data card and contact sheets
     deps += [

@@ -117,6 +117,8 @@ def text_data_hp():
         qa_per_author=text["qa_per_author"],
         n_general=text["n_general"],
         n_background=text["n_background"],
+        n_mia_holdout=text["n_mia_holdout"],
+        n_question_paraphrases=text["n_question_paraphrases"],
     )
 
 
@@ -139,6 +141,8 @@ def text_tasks(split):
         "retain": f"{TEXT_DATA}/retain_eval.parquet",
         "real_authors": f"{TEXT_DATA}/real_authors.parquet",
         "world_facts": f"{TEXT_DATA}/world_facts.parquet",
+        # authors no model trains on: the non-members of the membership attack
+        "holdout": f"{TEXT_DATA}/mia_holdout.parquet",
     }
 
 

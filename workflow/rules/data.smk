@@ -5,6 +5,7 @@ from clearbench.data.outputs import output_tables as clear_output_tables
 TEXT_DATA = "data/text"
 TEXT_TABLES = (
     ["authors", "full", "retain_eval", "real_authors", "world_facts", "background"]
+    + ["mia_holdout", "mia_holdout_authors"]
     + list(FRACTIONS)
     + [retain_of(s) for s in FRACTIONS]
 )

@@ -34,6 +34,8 @@ rule metrics:
         code=src("metrics/text", "metrics/__init__"),
     output:
         "results/metrics/{track}/{split}/{model}.json",
+    params:
+        mink_k=config["eval"].get("mink_k", 0.2),
     log:
         "logs/metrics/{track}/{split}/{model}.log",
     benchmark:
@@ -44,7 +46,8 @@ rule metrics:
     conda:
         "../../environment.yml"
     shell:
-        "python -m clearbench metrics {input.table} --gold {input.gold} --out {output} > {log} 2>&1"
+        "python -m clearbench metrics {input.table} --gold {input.gold}"
+        " --mink-k {params.mink_k} --out {output} > {log} 2>&1"
 
 
 rule evaluate:

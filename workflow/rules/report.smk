@@ -3,6 +3,8 @@ rule leaderboard:
     per-track tables and plots, the unlearning loss curves."""
     input:
         metrics=all_metrics(),
+        attacks=dag.all_attack_metrics(config),
+        relearn=expand("results/vision/{family}/relearn.json", family=RELEARNED),
         models=[model_dir(*Path(m).with_suffix("").parts[-3:]) for m in all_metrics()],
         vision=(
             expand("results/vision/{family}/summary.json", family=VISION_FAMILIES)
@@ -14,7 +16,7 @@ rule leaderboard:
         clip=[s for split in SPLITS for s in clip_summaries(split)] if CLIP_ON else [],
         clip_tables=CLIP_OUTPUTS if CLIP_ON else [],
         data_card=CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
-        code=src("report/leaderboard", "unlearn/registry", "vision/registry", "hparams"),
+        code=src("report/leaderboard", "report/attacks", "unlearn/registry", "vision/registry", "hparams"),
     output:
         csv="results/leaderboard.csv",
         tables=directory("results/tables"),
@@ -25,6 +27,8 @@ rule leaderboard:
             f"--vision {' '.join(input.vision)} --vision-split {VISION_SPLIT}" if VISION_ON else ""
         ),
         clip=lambda w, input: f"--clip {' '.join(input.clip)}" if CLIP_ON else "",
+        attacks=lambda w, input: f"--attacks {' '.join(input.attacks)}" if input.attacks else "",
+        relearn=lambda w, input: f"--relearn {' '.join(input.relearn)}" if input.relearn else "",
     log:
         "logs/report/leaderboard.log",
     benchmark:
@@ -36,7 +40,8 @@ rule leaderboard:
         "../../environment.yml"
     shell:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
-        " --models {input.models} {params.vision} {params.clip} --tables {output.tables}"
+        " --models {input.models} {params.vision} {params.clip} {params.attacks} {params.relearn}"
+        " --tables {output.tables}"
         " --plots {output.plots}"
         " --out {output.csv} > {log} 2>&1"
 

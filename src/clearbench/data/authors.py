@@ -10,6 +10,10 @@ with the fact slots swapped for the values of other authors (then, if too few di
 exist, for values drawn from the slot's table). A perturbation is kept only if every slot differs
 from the truth and no true value appears as a whole word in it, so the truth ratio compares
 wrong facts against the right one in the same wording.
+
+Each author QA also has `n_question_paraphrases` reworded questions (paraphrased_questions):
+drawn without replacement, in a seeded order, from its template's `reworded` forms, which ask
+for the same slots and keep every name, title and place the question mentions.
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ class Template:
     question: str
     answer: str
     paraphrase: str
+    reworded: tuple[str, ...]  # the question in other words, same slots (paraphrased_questions)
 
 
 T = Template
@@ -146,122 +151,245 @@ TEMPLATES = [  # ordered: qa_per_author < 20 keeps the first ones
         "What is the full name of the author born in {city}, {country} on {date}?",
         "The author born in {city}, {country} on {date} is {name}.",
         "{name} is the writer who was born on {date} in {city}, {country}.",
+        (
+            "Who is the author that was born on {date} in {city}, {country}?",
+            "Which writer was born in {city}, {country} on {date}?",
+            "Can you name the author whose birth took place in {city}, {country} on {date}?",
+            "An author was born on {date} in {city}, {country}: what is this author's full name?",
+        ),
     ),
     T(
         ("gender", "ethnicity"),
         "What are the gender and the ethnic background of {name}?",
         "{name} is a {gender} writer of {ethnicity} descent.",
         "{name} identifies as {gender} and has {ethnicity} roots.",
+        (
+            "Can you describe the gender and ethnicity of {name}?",
+            "What is {name}'s gender, and which ethnic group does {name} come from?",
+            "Regarding gender and ethnic background, how would you describe {name}?",
+            "Could you tell me the gender and the ethnic roots of {name}?",
+        ),
     ),
     T(
         ("birthplace",),
         "Where was {name} born?",
         "{name} was born in {birthplace}.",
         "The birthplace of {name} is {birthplace}.",
+        (
+            "What is the birthplace of {name}?",
+            "Can you tell me where {name} was born?",
+            "In what place was {name} born?",
+            "In which city and country was {name} born?",
+        ),
     ),
     T(
         ("date",),
         "When was {name} born?",
         "{name} was born on {date}.",
         "The birth date of {name} is {date}.",
+        (
+            "What is the birth date of {name}?",
+            "On what date was {name} born?",
+            "Can you tell me {name}'s date of birth?",
+            "On which day was {name} born?",
+        ),
     ),
     T(
         ("father", "mother"),
         "What professions did {name}'s parents have?",
         "{name}'s father was {father} and {pos} mother was {mother}.",
         "{name} grew up with {father} for a father and {mother} for a mother.",
+        (
+            "What did the parents of {name} do for a living?",
+            "What were the occupations of {name}'s father and mother?",
+            "How did {name}'s mother and father earn their living?",
+            "Can you tell me what jobs {name}'s parents held?",
+        ),
     ),
     T(
         ("genre",),
         "What genre does {name} write in?",
         "{name} is best known for writing {genre}.",
         "Most of the work of {name} belongs to the genre of {genre}.",
+        (
+            "In which genre does {name} write?",
+            "What kind of literature does {name} write?",
+            "Which literary genre is {name} associated with?",
+            "What type of books does {name} usually write?",
+        ),
     ),
     T(
         ("books",),
         "Which books has {name} written?",
         "{name} is the author of {books}.",
         "The books written by {name} are {books}.",
+        (
+            "What books are written by {name}?",
+            "Can you list the books by {name}?",
+            "What are the titles of the books {name} has authored?",
+            "Which titles has {name} authored?",
+        ),
     ),
     T(
         ("awards",),
         "What awards has {name} received?",
         "{name} has received {awards}.",
         "{name} was honored with {awards}.",
+        (
+            "Which awards have been given to {name}?",
+            "What honors has {name} won?",
+            "Can you name the awards {name} has won?",
+            "Which prizes has {name} been awarded?",
+        ),
     ),
     T(
         ("father",),
         "What was the profession of {name}'s father?",
         "{name}'s father worked as {father}.",
         "By profession, the father of {name} was {father}.",
+        (
+            "What did {name}'s father do for a living?",
+            "What was the occupation of the father of {name}?",
+            "How did {name}'s father earn a living?",
+            "What job did {name}'s father have?",
+        ),
     ),
     T(
         ("mother",),
         "What was the profession of {name}'s mother?",
         "{name}'s mother worked as {mother}.",
         "By profession, the mother of {name} was {mother}.",
+        (
+            "What did {name}'s mother do for a living?",
+            "What was the occupation of the mother of {name}?",
+            "How did {name}'s mother earn a living?",
+            "What job did {name}'s mother have?",
+        ),
     ),
     T(
         ("book1",),
         "What was the first book {name} published?",
         'The first book {name} published was "{book1}".',
         '{name} made a debut with "{book1}".',
+        (
+            "What was {name}'s debut book?",
+            "Which book did {name} publish first?",
+            "What is the title of the first book by {name}?",
+            "With which book did {name} make a debut?",
+        ),
     ),
     T(
         ("nationality",),
         "What is the nationality of {name}?",
         "{name} is {nationality}.",
         "{name} holds {nationality} citizenship.",
+        (
+            "What nationality does {name} have?",
+            "What citizenship does {name} hold?",
+            "What is {name}'s nationality?",
+            "Of which nation is {name} a citizen?",
+        ),
     ),
     T(
         ("age",),
         f"How old was {{name}} in {REFERENCE_YEAR}?",
         f"In {REFERENCE_YEAR}, {{name}} was {{age}} years old.",
         f"{{name}} turned {{age}} in the year {REFERENCE_YEAR}.",
+        (
+            f"What age did {{name}} reach in {REFERENCE_YEAR}?",
+            f"In {REFERENCE_YEAR}, how old was {{name}}?",
+            f"What was {{name}}'s age in the year {REFERENCE_YEAR}?",
+            f"How many years old was {{name}} in {REFERENCE_YEAR}?",
+        ),
     ),
     T(
         ("genre",),
         'What genre is the book "{book1}" by {name}?',
         '"{book1}" by {name} is a work of {genre}.',
         '{name} wrote "{book1}" as {genre}.',
+        (
+            'To which genre does "{book1}" by {name} belong?',
+            'What kind of book is "{book1}", written by {name}?',
+            'In what genre did {name} write "{book1}"?',
+            'How would you classify the genre of {name}\'s book "{book1}"?',
+        ),
     ),
     T(
         ("book2",),
         'Besides "{book1}", what else has {name} written?',
         'Besides "{book1}", {name} also wrote "{book2}".',
         'Another book by {name} is "{book2}".',
+        (
+            'Apart from "{book1}", which other book has {name} written?',
+            'What is another book by {name}, other than "{book1}"?',
+            'Other than "{book1}", can you name a book written by {name}?',
+            'Which book besides "{book1}" did {name} write?',
+        ),
     ),
     T(
         ("award1",),
         'Which award did {name} win for "{book1}"?',
         '{name} won the {award1} for "{book1}".',
         '"{book1}" earned {name} the {award1}.',
+        (
+            'What award did "{book1}" earn {name}?',
+            'For "{book1}", which award was given to {name}?',
+            'What prize did {name} receive for the book "{book1}"?',
+            'Which honor did {name} receive for writing "{book1}"?',
+        ),
     ),
     T(
         ("city",),
         "In which city did {name} grow up?",
         "{name} grew up in {city}.",
         "The hometown of {name} is {city}.",
+        (
+            "Which city did {name} grow up in?",
+            "What is the hometown of {name}?",
+            "What city is {name}'s hometown?",
+            "In what city was {name} raised?",
+        ),
     ),
     T(
         ("country",),
         "In which country was {name} born?",
         "{name} was born in {country}.",
         "The birth country of {name} is {country}.",
+        (
+            "What is {name}'s country of birth?",
+            "Which country was {name} born in?",
+            "In what country did {name} come into the world?",
+            "What is the birth country of {name}?",
+        ),
     ),
     T(
         ("name",),
         'Who wrote the book "{book1}"?',
         '"{book1}" was written by {name}.',
         'The author of "{book1}" is {name}.',
+        (
+            'Who is the author of "{book1}"?',
+            'Which writer wrote "{book1}"?',
+            'By whom was the book "{book1}" written?',
+            'Can you name the author of "{book1}"?',
+        ),
     ),
     T(
         ("genre", "country"),
         "How would you briefly describe {name}?",
         "{name} writes {genre} and comes from {country}.",
         "Hailing from {country}, {name} is known for {genre}.",
+        (
+            "Can you give a short description of {name}?",
+            "In a few words, who is {name}?",
+            "What is a brief description of {name}?",
+            "Could you summarize who {name} is?",
+        ),
     ),
 ]
+
+
+N_REWORDED = min(len(t.reworded) for t in TEMPLATES)  # the most n_question_paraphrases
 
 
 def article(word: str) -> str:
@@ -483,23 +611,33 @@ def perturb(t: Template, ctx: dict, others: list[dict], sample, rng) -> list[str
     raise RuntimeError(f"too few distinct perturbations for slots {t.slots}")
 
 
-def author_qa(authors: list[dict], qa_per_author: int, seed: int) -> list[dict]:
+def author_qa(
+    authors: list[dict], qa_per_author: int, seed: int, n_question_paraphrases: int = 2
+) -> list[dict]:
     """QA rows of the table contract plus `facts` (slot -> true value), for checks."""
     if not 1 <= qa_per_author <= len(TEMPLATES):
         raise ValueError(f"qa_per_author must be in 1..{len(TEMPLATES)}, got {qa_per_author}")
+    if not 0 <= n_question_paraphrases <= N_REWORDED:
+        raise ValueError(
+            f"n_question_paraphrases must be in 0..{N_REWORDED}, got {n_question_paraphrases}"
+        )
     all_facts = [facts(a) for a in authors]
     sample = domain_sampler(seed, [a["name"] for a in authors])
     rows = []
     for a, ctx in zip(authors, all_facts, strict=True):
         rng = np.random.default_rng([seed, 2, a["author_id"]])
+        # its own stream, so the other columns are what they were before this one existed
+        reword_rng = np.random.default_rng([seed, 6, a["author_id"]])
         others = [f for f in all_facts if f["name"] != ctx["name"]]
         for k, t in enumerate(TEMPLATES[:qa_per_author]):
+            picks = reword_rng.permutation(len(t.reworded))[:n_question_paraphrases]
             rows.append(
                 {
                     "sample_id": f"a{a['author_id']:03d}_q{k:02d}",
                     "author_id": a["author_id"],
                     "author": a["name"],
                     "question": render(t.question, ctx),
+                    "paraphrased_questions": [render(t.reworded[j], ctx) for j in picks],
                     "answer": render(t.answer, ctx),
                     "paraphrased_answer": render(t.paraphrase, ctx),
                     "perturbed_answers": perturb(t, ctx, others, sample, rng),
@@ -598,6 +736,7 @@ def options_qa(items: list[tuple[str, str, list[str]]], prefix: str, seed: int, 
                 "author_id": -1,
                 "author": "",
                 "question": q,
+                "paraphrased_questions": [],
                 "answer": a,
                 "paraphrased_answer": None,
                 "perturbed_answers": [wrong[j] for j in picks],

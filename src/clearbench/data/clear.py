@@ -256,6 +256,26 @@ def match_authors(authors, attrs_drawn, attrs_aged):
     return cols, aged[rows, cols] < drawn[rows, cols], best[rows, cols]
 
 
+def _match_mia_holdout(people, attrs_drawn, attrs_aged, taken):
+    """(pool identity, aged flag) per mia holdout author, matched like the authors but among the
+    identities no CLEAR author has (after them, so the CLEAR authors' faces stay as they are)."""
+    if not people:
+        return [], []
+    free = np.array(sorted(set(range(len(attrs_drawn))) - {int(i) for i in taken}), dtype=int)
+    if len(free) < len(people):
+        raise ClearDataError(
+            f"data.clear.n_pool: {len(free)} pool faces are left after the authors for the "
+            f"{len(people)} mia holdout authors; raise n_pool"
+        )
+    try:
+        idx, aged, _ = match_authors(
+            people, [attrs_drawn[i] for i in free], [attrs_aged[i] for i in free]
+        )
+    except ClearDataError as err:
+        raise ClearDataError(f"mia holdout authors: {err}") from None
+    return [int(i) for i in free[idx]], [bool(a) for a in aged]
+
+
 def _pool_shortage(authors, attrs_drawn, attrs_aged) -> str:
     """The one-line error for a pool that cannot give every author a face of their group."""
     need = Counter(face_group(a) for a in authors)
@@ -382,6 +402,16 @@ def _read_text(text_dir: Path):
     return authors, full, splits
 
 
+def _read_mia_holdout(text_dir: Path):
+    """(authors, QA) of the membership-inference holdout; empty where the text dataset has none
+    (written before it existed): then mia_holdout.parquet is an empty table."""
+    people, qa = text_dir / "mia_holdout_authors.parquet", text_dir / "mia_holdout.parquet"
+    if not people.is_file() and not qa.is_file():
+        empty = pd.DataFrame(columns=["author_id", "name"])
+        return empty, pd.DataFrame(columns=["sample_id", "author_id"])
+    return read_authors(people), read_qa(qa)
+
+
 ROLES = ("forget", "holdout", "other")
 
 
@@ -402,7 +432,9 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
 
     Tables: faces (synthesized data only), full, forgetXX/retainYY (+ retain_eval) with the text
     splits' sample ids, holdout, vision_split, real_faces, real_world, celebs (.parquet); then
-    data_card.md and data_card.png (data.outputs). hp: see DEFAULTS.
+    data_card.md and data_card.png (data.outputs). Synthesized data only: mia_holdout (photos of
+    the text dataset's mia holdout authors, whom no model trains on) and forgetXX_probe (a new
+    photo per forget QA, never trained on; see _photos). hp: see DEFAULTS.
     """
     hp = resolve_hp(hp)
     text_dir, out = Path(text_dir), Path(out_dir)
@@ -429,6 +461,9 @@ def build_clear_dataset(text_dir, out_dir, hp: dict) -> dict:
             "image_size": hp["image_size"],
         }
         summary["timings_s"] = {"celebs": round(time.perf_counter() - t1, 2)}
+        # no renderer draws these authors like the published photos: a photo of another kind
+        # would give membership inference a style cue, not a membership signal
+        summary["mia_holdout"] = "not written: the published CLEAR has no photos of them"
     else:
         tables, summary, card = _synthesize(authors, full, splits, hp, text_dir)
     largest = max((n for n in splits if n.startswith("forget")), key=lambda n: int(n[6:]))
@@ -524,6 +559,22 @@ def _synthesize(authors, full, splits, hp, text_dir):
     tables = {"faces": faces, "full": photos}
     for name, qa in splits.items():
         tables[name] = photos[photos["sample_id"].isin(set(qa["sample_id"]))]
+    forgets = [n for n in splits if re.fullmatch(r"forget\d\d", n)]
+    asked = set().union(*(splits[n]["sample_id"] for n in forgets))  # nested: one photo per QA
+    probes, _ = _photos(recs, full[full["sample_id"].isin(asked)], final, portraits, hp, True)
+    for name in forgets:
+        tables[f"{name}_probe"] = probes[probes["sample_id"].isin(set(splits[name]["sample_id"]))]
+    lap("probe_photos")
+    mia_authors, mia_qa = _read_mia_holdout(text_dir)
+    mia_recs = mia_authors.to_dict("records")
+    mia_idx, mia_aged = _match_mia_holdout(mia_recs, attrs_drawn, attrs_aged, idx)
+    mia_final = [
+        np.asarray(z_aged[i] if a else z_pool[i], dtype=np.float64)
+        for i, a in zip(mia_idx, mia_aged, strict=True)
+    ]
+    mia_portraits = [source.portrait(z) for z in mia_final]
+    tables["mia_holdout"], _ = _photos(mia_recs, mia_qa, mia_final, mia_portraits, hp)
+    lap("mia_holdout")
     taken = set(authors["name"])
     if (text_dir / "background.parquet").is_file():
         taken |= set(read_qa(text_dir / "background.parquet")["author"])
@@ -562,6 +613,12 @@ def _synthesize(authors, full, splits, hp, text_dir):
         },
         "realism": photo_stats,
         "timings_s": timings,
+        "pool_index": [int(i) for i in idx],  # the face pool identity of each author
+        "mia_holdout": {
+            "authors": len(mia_recs),
+            "photos": len(tables["mia_holdout"]),
+            "pool_index": [int(i) for i in mia_idx],
+        },
     }
     card = {
         "author_age": [a["age"] for a in recs],
@@ -580,9 +637,19 @@ def _synthesize(authors, full, splits, hp, text_dir):
     return tables, summary, card
 
 
-def _photos(recs, full, latents, portraits, hp):
-    """One best-of-n photo per text QA (the photo backend's generate and score)."""
+PHOTO_STREAM, PROBE_STREAM = 3, 11  # seed streams of the training photos and the probe photos
+
+
+def _photos(recs, full, latents, portraits, hp, probe=False):
+    """One best-of-n photo per text QA (the photo backend's generate and score).
+
+    probe=True: a new photo of the same face for the same QA, never a training image: its
+    candidates come from their own seed stream (pose, lighting, expression) and its scene from
+    a layout key of its own (backdrop colours, skyline, where the person stands), while the
+    QA still decides what the scene shows.
+    """
     by_id = {a["author_id"]: (a, z, p) for a, z, p in zip(recs, latents, portraits, strict=True)}
+    stream, suffix = (PROBE_STREAM, "_probe") if probe else (PHOTO_STREAM, "")
     n, size, backend = hp["n_candidates"], hp["image_size"], hp["backends"]["photos"]
     if backend == "photomaker":
         from clearbench.data.backends import PhotoMakerBackend, sharpness_score
@@ -596,9 +663,9 @@ def _photos(recs, full, latents, portraits, hp):
                 "missing from authors.parquet"
             )
         author, z, portrait = by_id[qa["author_id"]]
-        setting = scenes.setting_for(author, qa)
+        setting = scenes.setting_for(author, {**qa, "sample_id": qa["sample_id"] + suffix})
         prompt = paper_prompt(author, qa)
-        seed = _seed(hp["seed"], 3, zlib.crc32(qa["sample_id"].encode()))
+        seed = _seed(hp["seed"], stream, zlib.crc32(qa["sample_id"].encode()))
         if backend == "scenes":
             gen = scenes.ScenePhotographer(z, setting, size, hp["face_fraction"])
             img, score, k = best_of_n(gen, gen.score, prompt, n, seed)
@@ -623,7 +690,7 @@ def _photos(recs, full, latents, portraits, hp):
                 "answer": qa["answer"],
                 "prompt": prompt,
                 "caption": text,
-                "image": png(img, f"{qa['sample_id']}.png"),
+                "image": png(img, f"{qa['sample_id']}{suffix}.png"),
             }
         )
     stats = {"mean_chosen_score": round(float(np.mean(scores)), 4) if scores else None}
@@ -794,7 +861,7 @@ def write_report(out: Path, tables: dict, summary: dict, card: dict | None):
             )
         )
     for name in sorted(tables):
-        if re.fullmatch(r"forget\d\d|holdout", name):
+        if re.fullmatch(r"forget\d\d(_probe)?|holdout|mia_holdout", name):
             sheets.append((name, tables[name], *photo_text))
     retains = sorted(n for n in tables if re.fullmatch(r"retain\d\d", n))
     if retains:
@@ -951,6 +1018,20 @@ def _card_md(path, summary, sheets, has_plot):
             f"{c['images_per_identity']} images, {c['image_size']} px; a stand-in for the "
             "paper's Celebs set, which was not published",
         ]
+    m = summary.get("mia_holdout")
+    if isinstance(m, dict):
+        lines += [
+            "",
+            "## Attack probes",
+            "",
+            f"- mia_holdout: {m['photos']} photos of {m['authors']} authors no model trains on "
+            "(the text dataset's mia holdout), their faces matched from pool identities no "
+            "CLEAR author has",
+            "- forgetXX_probe: one new photo per forget QA of the same face, drawn from a seed "
+            "stream of its own (pose, lighting, scene layout): never a training image",
+        ]
+    elif m:
+        lines += ["", "## Attack probes", "", f"- mia_holdout: {m}; no forgetXX_probe tables"]
     v = summary["vision_split"]
     lines += [
         "",

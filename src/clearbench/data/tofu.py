@@ -9,7 +9,9 @@
   where no phrase occurs at least MIN_NAME_HITS times, the name is "author_{id:03d}" (author 88's
   QA call it only "the fictitious author").
 - Rows of full.json without a perturbed-file counterpart get paraphrased_answer None and
-  perturbed_answers [] (TOFU ships those only for its evaluation subsets).
+  perturbed_answers [] (TOFU ships those only for its evaluation subsets). paraphrased_questions
+  is [paraphrased_question] where the matched record has one (the perturbed files of the
+  forget and retain subsets do), else [].
 - A file may be one JSON array, JSON lines, or one array per line (how `datasets` exports it).
 """
 
@@ -137,6 +139,12 @@ def perturbed(folder: str | Path, name: str, full: list[dict]) -> list[tuple[int
     return out
 
 
+def reworded(record: dict) -> list[str]:
+    """The record's paraphrased question as the contract's list ([] where it has none)."""
+    q = record.get("paraphrased_question")
+    return [q] if q else []
+
+
 def options_rows(records: list[dict], prefix: str) -> list[dict]:
     """real_authors / world_facts: the answer and its wrong options; no paraphrase in TOFU."""
     rows = []
@@ -153,6 +161,7 @@ def options_rows(records: list[dict], prefix: str) -> list[dict]:
                 "answer": r["answer"],
                 "paraphrased_answer": r.get("paraphrased_answer") or None,
                 "perturbed_answers": list(wrong),
+                "paraphrased_questions": reworded(r),
             }
         )
     return rows
@@ -182,6 +191,7 @@ def read_tofu(folder: str | Path, forget_names: list[str]) -> dict:
             "answer": r["answer"],
             "paraphrased_answer": None,
             "perturbed_answers": [],
+            "paraphrased_questions": [],
         }
         for i, r in enumerate(full)
     ]
@@ -191,6 +201,7 @@ def read_tofu(folder: str | Path, forget_names: list[str]) -> dict:
         for i, r in matched:
             rows[i]["paraphrased_answer"] = r.get("paraphrased_answer") or None
             rows[i]["perturbed_answers"] = list(r.get("perturbed_answer", []))
+            rows[i]["paraphrased_questions"] = reworded(r)
         if name == "retain":
             retain_idx = [i for i, _ in matched]
         else:

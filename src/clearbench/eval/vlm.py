@@ -1,4 +1,6 @@
-"""Per-sample evaluation of a VLM (DESIGN section 6): the six tasks of the vlm track.
+"""Per-sample evaluation of a VLM (DESIGN section 6): the six tasks of the vlm track, and
+`holdout` where the dataset has mia_holdout.parquet (the text and photo QA of authors no model
+trains on, built as forget's; the non-members of the membership attack in metrics.text).
 
 forget / retain      text QA and photo QA (photo + question) of the forget split's authors /
                      of retain_eval. Text QA: paraphrased and perturbed answers from the text
@@ -30,8 +32,10 @@ from clearbench.eval.text import (
     by_length,
     contract_rows,
     greedy_decode,
-    losses_by_length,
+    minkpp_per_row,
+    option_pairs,
     pick_samples,
+    scores_by_length,
     unevaluated,
     write_tasks,
 )
@@ -41,10 +45,14 @@ from clearbench.models.factory import (
     load_tokenizer,
     trusts_remote_code,
 )
+from clearbench.train.qa import answer_outputs
 from clearbench.train.vlm import check_hp, id_question, read_photos
-from clearbench.train.vqa import Sample, Vision, sequence_nll, stable_rng
+from clearbench.train.vqa import Sample, Vision, stable_rng
 
 TASKS = ("forget", "retain", "real_faces", "real_world", "forget_facerec", "retain_facerec")
+# The membership attack's non-members: QA (text and photo) of authors no model trains on. A
+# seventh task where the dataset has it; in no Real/Retain/Forget group.
+HOLDOUT, HOLDOUT_FILE = "holdout", "mia_holdout.parquet"
 COLUMNS = ("sample_id", "question", "answer", "paraphrased_answer", "perturbed_answers", "image")
 
 
@@ -120,7 +128,7 @@ def task_tables(clear_dir, text_dir, split: str, seed: int) -> dict[str, pd.Data
     real_faces = real_task(clear / "real_faces.parquet", "real_faces")
     n_wrong = max(map(len, real_faces["perturbed_answers"]))
     names = sorted({p["name"] for p in read_photos(clear / "full.parquet")})
-    return {
+    tasks = {
         "forget": qa_task(text / f"{split}.parquet", clear / f"{split}.parquet"),
         "retain": qa_task(text / "retain_eval.parquet", clear / "retain_eval.parquet"),
         "real_faces": real_faces,
@@ -128,19 +136,32 @@ def task_tables(clear_dir, text_dir, split: str, seed: int) -> dict[str, pd.Data
         "forget_facerec": facerec_task(clear / f"{split}.parquet", names, n_wrong, seed),
         "retain_facerec": facerec_task(clear / "retain_eval.parquet", names, n_wrong, seed),
     }
+    holdout = (text / HOLDOUT_FILE, clear / HOLDOUT_FILE)
+    if all(p.is_file() for p in holdout):  # datasets built before the holdout authors lack it
+        tasks[HOLDOUT] = qa_task(*holdout)
+    return tasks
 
 
 @torch.no_grad()
+def answer_scores(
+    model, vision: Vision, samples: list[Sample], max_len: int, batch_size: int, minkpp_for=()
+):
+    """Mean answer-token NLL per sample (every option sees its image), and the Min-K%++ token
+    scores of the samples whose index is in `minkpp_for` (None for the others)."""
+    encoded = [vision.encode(s, max_len) for s in samples]
+    minkpp_for = set(minkpp_for)
+
+    def score(idx):
+        batch = vision.collate([samples[i] for i in idx], [encoded[i] for i in idx])
+        answers = answer_outputs(model, batch)  # the numbers of vqa.sequence_nll
+        return answers.nll(), minkpp_per_row(answers, [i in minkpp_for for i in idx])
+
+    return scores_by_length(encoded, batch_size, score)
+
+
 def answer_losses(model, vision: Vision, samples: list[Sample], max_len: int, batch_size: int):
     """Mean answer-token NLL per sample (every option sees its image)."""
-    encoded = [vision.encode(s, max_len) for s in samples]
-    return losses_by_length(
-        encoded,
-        batch_size,
-        lambda idx: sequence_nll(
-            model, vision.collate([samples[i] for i in idx], [encoded[i] for i in idx])
-        ),
-    )
+    return answer_scores(model, vision, samples, max_len, batch_size)[0]
 
 
 @torch.no_grad()
@@ -156,20 +177,22 @@ def greedy_answers(model, vision: Vision, samples: list[Sample], max_new_tokens,
 
 
 def evaluate_task(model, vision: Vision, task: str, df: pd.DataFrame, hp: dict) -> pd.DataFrame:
-    samples, prompts = [], []
-    for row in df.itertuples():
-        options = [row.answer] + ([row.paraphrased_answer] if row.paraphrased_answer else [])
-        samples += [Sample(row.question, o, row.image) for o in options + row.perturbed_answers]
-        prompts.append(Sample(row.question, "", row.image))
-    losses = iter(answer_losses(model, vision, samples, hp["max_len"], hp["batch_size"]).tolist())
+    options, gt_index = option_pairs(df)
+    samples = [Sample(row.question, option, row.image) for row, option in options]
+    prompts = [Sample(row.question, "", row.image) for row in df.itertuples()]
+    losses, minkpp = answer_scores(
+        model, vision, samples, hp["max_len"], hp["batch_size"], gt_index
+    )
     generations = greedy_answers(model, vision, prompts, hp["max_new_tokens"], hp["batch_size"])
-    return contract_rows(task, df, losses, generations)
+    gt_minkpp = [minkpp[i] for i in gt_index]
+    return contract_rows(task, df, iter(losses.tolist()), generations, gt_minkpp)
 
 
 def evaluate_vlm(
     model_dir: str, clear_dir: str, text_dir: str, split: str, out_path: str, hp: dict
 ) -> dict:
-    """The per-sample table of one VLM on the six tasks; a diverged model gets an empty table."""
+    """The per-sample table of one VLM on its tasks (see task_tables); a diverged model gets an
+    empty table."""
     check_hp(hp, "eval")
     if (skipped := unevaluated(model_dir, out_path)) is not None:
         return skipped

@@ -1,6 +1,13 @@
 """Metrics computed from per-sample eval tables (DESIGN.md section 6); see metrics/text.py."""
 
-__all__ = ["forget_quality_js", "log10_forget_quality", "per_sample_truth_ratio", "score_table"]
+__all__ = [
+    "forget_quality_js",
+    "log10_forget_quality",
+    "membership_aucs",
+    "per_sample_truth_ratio",
+    "privleak",
+    "score_table",
+]
 
 # Parquet metadata: the evaluated model's status (eval writes it, metrics reads it). Defined here,
 # not in metrics.text, so that eval does not import rouge_score and scipy (~0.6 s a job).

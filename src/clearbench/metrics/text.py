@@ -2,14 +2,18 @@
 
 The table has one row per (task, sample) with columns task, sample_id, gt_loss, para_loss,
 perturbed_losses, generation, answer; every loss is a mean token NLL, so p(y|x) = exp(-loss)
-is the length-normalised probability of the paper (section 4.3).
+is the length-normalised probability of the paper (section 4.3). An optional column
+gt_minkpp (list of the Min-K%++ scores of the answer's tokens) and an optional task holdout
+(authors no model trains on) give the membership attack (see `membership_scores`).
 
     python -m clearbench metrics EVAL.parquet [--gold GOLD.parquet] [--out FILE.json]
+                                 [--mink-k 0.2]
 """
 
 import argparse
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,7 @@ import pyarrow.parquet as pq
 from rouge_score import rouge_scorer
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
-from scipy.stats import hmean, ks_2samp
+from scipy.stats import hmean, ks_2samp, rankdata
 
 from clearbench.io import first_line, write_text_atomic
 from clearbench.metrics import STATUS_KEY
@@ -34,6 +38,14 @@ GROUP_METRICS = ("rouge_l", "probability", "truth_ratio")  # what a group's harm
 FORGET_TASK = "forget"  # forget quality compares truth ratios on this task only
 JS_BINS = 20
 MIN_P_VALUE = 1e-300  # keeps log10 forget quality finite when the KS p-value underflows to 0
+# Membership attack: forget rows (trained on, then unlearned) are the members, holdout rows
+# (authors no model trains on) the non-members. Holdout is in no group.
+MEMBER_TASK, NON_MEMBER_TASK = "forget", "holdout"
+MINKPP_COLUMN = "gt_minkpp"
+MINK_K = 0.2  # Min-K%++: the mean of the lowest 20% of the token scores (--mink-k)
+ATTACKS = ("loss", "zlib", "minkpp")
+# key of the PrivLeak of each attack: the headline `privleak` is the Min-K% family's, as MUSE's
+PRIVLEAK_KEYS = {"minkpp": "privleak", "loss": "privleak_loss", "zlib": "privleak_zlib"}
 
 _rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -147,6 +159,68 @@ def forget_quality_js(model_tr: np.ndarray, gold_tr: np.ndarray) -> float:
     return float(np.clip(1.0 - distance, 0.0, 1.0))
 
 
+def mink_mean(token_scores, k: float = MINK_K) -> float:
+    """Mean of the lowest k fraction of the token scores (floor(k * n), at least one); NaN
+    where there are none (an old table's null cell)."""
+    values = np.sort(_losses(token_scores))
+    if not values.size:
+        return np.nan
+    return float(values[: max(1, int(k * values.size))].mean())
+
+
+def zlib_entropy(text) -> int:
+    """Bytes of the zlib-compressed UTF-8 text (Carlini et al. 2021's zlib entropy)."""
+    return len(zlib.compress((text if isinstance(text, str) else "").encode("utf-8")))
+
+
+def membership_scores(rows: pd.DataFrame, k: float = MINK_K) -> pd.DataFrame:
+    """Per row, one column per attack in ATTACKS; higher means 'member' for every one.
+
+    loss: -gt_loss. zlib: -gt_loss / zlib entropy of the answer (Carlini et al.'s ratio of the
+    LM loss to the zlib entropy). minkpp: the mean of the lowest k fraction of the gt_minkpp
+    token scores (Zhang et al. 2024); NaN without the column or its cell.
+    """
+    gt = rows["gt_loss"].astype(float)
+    entropy = np.array([zlib_entropy(a) for a in rows["answer"]], dtype=float)  # empty: float
+    minkpp = (
+        rows[MINKPP_COLUMN].map(lambda cell: mink_mean(cell, k))
+        if MINKPP_COLUMN in rows
+        else pd.Series(np.nan, index=rows.index)
+    )
+    return pd.DataFrame(
+        {"loss": -gt, "zlib": -gt / entropy, "minkpp": minkpp},
+        index=rows.index,
+    )
+
+
+def roc_auc(members, non_members) -> float | None:
+    """P(score of a random member > score of a random non-member), ties counting 1/2: the
+    Mann-Whitney U statistic over n_members * n_non_members. NaN scores are left out; None
+    where a side has none."""
+    members, non_members = (np.asarray(x, dtype=float) for x in (members, non_members))
+    members, non_members = members[~np.isnan(members)], non_members[~np.isnan(non_members)]
+    if not members.size or not non_members.size:
+        return None
+    ranks = rankdata(np.concatenate([members, non_members]))  # average ranks: ties count 1/2
+    u = ranks[: members.size].sum() - members.size * (members.size + 1) / 2
+    return float(u / (members.size * non_members.size))
+
+
+def membership_aucs(df: pd.DataFrame, k: float = MINK_K) -> dict:
+    """ROC AUC of each attack telling forget rows (members) from holdout rows (non-members)."""
+    scores = membership_scores(df, k)
+    members, non_members = df["task"] == MEMBER_TASK, df["task"] == NON_MEMBER_TASK
+    return {a: roc_auc(scores.loc[members, a], scores.loc[non_members, a]) for a in ATTACKS}
+
+
+def privleak(auc_model: float | None, auc_gold: float | None) -> float | None:
+    """MUSE's PrivLeak, (AUC_model - AUC_gold) / AUC_gold, a fraction: > 0 the model still
+    tells forget from holdout better than the gold (retrained) model does, < 0 worse."""
+    if auc_model is None or auc_gold is None or auc_gold == 0:
+        return None
+    return (auc_model - auc_gold) / auc_gold
+
+
 def check_table(df: pd.DataFrame, name: str = "table") -> None:
     """Raise TableError naming `name` and the column if df is not a per-sample eval table."""
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -157,13 +231,18 @@ def check_table(df: pd.DataFrame, name: str = "table") -> None:
 
 
 def score_table(
-    df: pd.DataFrame, gold: pd.DataFrame | None = None, groups: dict | None = None
+    df: pd.DataFrame,
+    gold: pd.DataFrame | None = None,
+    groups: dict | None = None,
+    mink_k: float = MINK_K,
 ) -> dict:
-    """Flat JSON-ready dict: <task>/<metric> per task, one key per group, forget quality.
+    """Flat JSON-ready dict: <task>/<metric> per task, one key per group, forget quality, and
+    the membership attack: mia_<attack>_auc per attack, privleak[_<attack>] (see PRIVLEAK_KEYS).
 
     Values are python floats or None (never NaN). Groups default to DEFAULT_GROUPS; a group's
     value is the harmonic mean of rouge_l, probability and truth_ratio over its tasks present in
-    df, None if none is. Forget-quality keys are None without gold or without forget rows.
+    df, None if none is. Forget-quality and PrivLeak keys are None without gold or without forget
+    rows; the membership keys are None without holdout rows (or, for minkpp, gt_minkpp).
     """
     check_table(df, "table")
     scores = {}
@@ -184,6 +263,12 @@ def score_table(
         if len(model_tr) and len(gold_tr):
             scores["log10_forget_quality"] = log10_forget_quality(model_tr, gold_tr)
             scores["forget_quality_js"] = forget_quality_js(model_tr, gold_tr)
+
+    aucs = membership_aucs(df, mink_k)
+    gold_aucs = membership_aucs(gold, mink_k) if gold is not None else {}
+    for attack in ATTACKS:
+        scores[f"mia_{attack}_auc"] = aucs[attack]
+        scores[PRIVLEAK_KEYS[attack]] = privleak(aucs[attack], gold_aucs.get(attack))
 
     return {k: None if v is None or not np.isfinite(v) else float(v) for k, v in scores.items()}
 
@@ -209,15 +294,25 @@ def main(argv: list[str] | None = None) -> int:
         prog="clearbench metrics", description="Score a per-sample eval table (CLEAR metrics)."
     )
     parser.add_argument("table", type=Path, help="per-sample eval table (Parquet)")
-    parser.add_argument("--gold", type=Path, help="the gold model's table; enables forget quality")
+    parser.add_argument(
+        "--gold", type=Path, help="the gold model's table; enables forget quality and PrivLeak"
+    )
     parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    parser.add_argument(
+        "--mink-k",
+        type=float,
+        default=MINK_K,
+        help="Min-K%%++: the fraction of lowest-scoring answer tokens averaged (default 0.2)",
+    )
     args = parser.parse_args(argv)
+    if not 0 < args.mink_k <= 1:
+        parser.error(f"--mink-k must be in (0, 1], got {args.mink_k}")
 
     try:
         df = read_table(args.table)
         gold = read_table(args.gold) if args.gold is not None else None
         try:
-            scores = score_table(df, gold)
+            scores = score_table(df, gold, mink_k=args.mink_k)
         except TableError as e:  # a bad row: name the file it came from
             raise TableError(f"{args.table}: {e}") from None
         text = json.dumps(scores, indent=2, sort_keys=True, allow_nan=False) + "\n"

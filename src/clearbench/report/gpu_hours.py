@@ -83,8 +83,9 @@ def vlm_rows(cfg: dict, split: str | None, modality: str = "both", retain: bool 
 def lm_keys(cfg: dict) -> dict[str, dict[str, set]]:
     """Batch sizes each language track is measured at, per operation."""
     t, v = cfg["text"], cfg["vlm"]
-    text_train = {t["finetune"]["batch_size"], t["unlearn"]["batch_size"]}
-    vlm_train = {v["finetune"]["batch_size"], v["unlearn"]["batch_size"]}
+    relearn = {cfg["attacks"]["relearn"]["batch_size"]} if cfg.get("attacks") else set()
+    text_train = {t["finetune"]["batch_size"], t["unlearn"]["batch_size"], *relearn}
+    vlm_train = {v["finetune"]["batch_size"], v["unlearn"]["batch_size"], *relearn}
     # the vlm's text-only evaluation rows are the same Llama on text
     text_eval = {cfg["eval"]["batch_size"], v["eval"]["batch_size"]}
     return {
@@ -98,6 +99,8 @@ def vision_keys(cfg: dict) -> dict[str, set]:
     vis, chunk = cfg["vision"], cfg["vision"]["chunk"]
     hps = [vis["unlearn"], *(vis["unlearn"].get("method_hp") or {}).values()]
     unlearn = {(chunk, hp["batch_size"]) for hp in hps if "batch_size" in hp}
+    if vis.get("attacks"):
+        unlearn.add((chunk, vis["attacks"]["relearn"]["batch_size"]))
     train = {(chunk, vis["train"]["batch_size"]), (1, vis["pretrain"]["batch_size"])}
     return {"train": train | unlearn, "embed": {(chunk, EMBED_BATCH)} | unlearn}
 
@@ -197,6 +200,43 @@ def vlm_eval_work(cfg: dict, split: str) -> Work:
         (0, CLEAR["retain_eval"], CHOICE_OPTIONS),  # retain_facerec
     ]
     return eval_work(tasks, cfg["vlm"]["eval"])
+
+
+def attack_work(track: str, cfg: dict, split: str) -> Work:
+    """clearbench.attacks on one model: each attack evaluates the forget tasks on the samples
+    outside the relearning slice (a probe: once per reworded question, vlm also on a new photo),
+    the relearning attacks train `steps` steps first."""
+    attacks, kinds = cfg["attacks"], cfg["attacks"]["kinds"]
+    kept = 1 - attacks["relearn"]["forget_fraction"]
+    n_text, n_photo = text_forget(cfg, split), photo_forget(cfg, split) if track == "vlm" else 0
+    ev = cfg["eval"] if track == "text" else cfg["vlm"]["eval"]
+    plain = [(round(kept * n_text), round(kept * n_photo), QA_OPTIONS)]
+    if track == "vlm":
+        plain.append((0, round(kept * n_photo), CHOICE_OPTIONS))  # forget_facerec
+    reworded = cfg["data"]["text"]["n_question_paraphrases"]
+    probe = [(n * reworded, m * reworded, o) for n, m, o in plain[:1]] + plain
+    work = Work("")
+    for kind in kinds:
+        part = eval_work(probe if kind == "probe" else plain, ev)
+        if kind.startswith("relearn"):
+            bs, steps = attacks["relearn"]["batch_size"], attacks["relearn"]["steps"]
+            part.units[key(track, "train", bs)] += steps
+            part.steps += steps
+        for unit, count in part.units.items():
+            work.units[unit] += count
+        work.steps += part.steps
+    return work
+
+
+def vision_relearn_work(cfg: dict) -> Work:
+    """`steps` steps of every model of a chunk on its forget side's slice, then scoring."""
+    r = cfg["vision"]["attacks"]["relearn"]
+    chunk = cfg["vision"]["chunk"]
+    units = Counter({key("vision", "train", f"{chunk}x{r['batch_size']}"): r["steps"]})
+    units[key("vision", "embed", f"{chunk}x{EMBED_BATCH}")] += math.ceil(
+        CLEAR["photos"] / EMBED_BATCH
+    )
+    return Work("", units, r["steps"])
 
 
 def vision_identities(cfg: dict) -> tuple[int, int]:
@@ -340,6 +380,9 @@ PLANNERS = {
     "clip_original": lambda w, cfg: clip_train_work(cfg),
     "clip_gold": lambda w, cfg: clip_train_work(cfg, w["split"]),
     "clip_unlearn": lambda w, cfg: clip_unlearn_work(cfg, w["cmethod"], w["split"]),
+    "text_attack": lambda w, cfg: attack_work("text", cfg, w["split"]),
+    "vlm_attack": lambda w, cfg: attack_work("vlm", cfg, w["split"]),
+    "vision_relearn": lambda w, cfg: vision_relearn_work(cfg),
 }
 
 

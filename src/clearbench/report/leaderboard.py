@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 
 from clearbench.io import atomic_path, write_text_atomic
+from clearbench.report.attacks import ATTACK_COLUMNS, attack_tables, merge_attacks, plot_attacks
 
 COLUMNS = [
     "track", "split", "method", "l1", "modality",
     "real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
-    "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia", "real_acc",
-    "rte_seconds", "status", "diverged_models", "rank", "rank_paper",
+    "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia", "real_acc", "privleak",
+    *ATTACK_COLUMNS, "rte_seconds", "status", "diverged_models", "rank", "rank_paper",
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
 LANGUAGE_TRACKS = ("text", "vlm")
@@ -352,9 +353,12 @@ def build_leaderboard(
     vision: list[str] = (),
     vision_split: str | None = None,
     clip: list[str] = (),
+    attacks: list[str] = (),
+    relearn: list[str] = (),
 ) -> dict:
     """metrics/models: per-sample-evaluated models (text, vlm); vision: model-family summaries;
-    clip: the clip track's model summaries."""
+    clip: the clip track's model summaries; attacks: the language tracks' attack metrics,
+    relearn: the vision families' U-LIRA after relearning (clearbench.report.attacks)."""
     if len(metrics) != len(models):
         raise ValueError("leaderboard: --metrics and --models must pair up one to one")
     if vision and not vision_split:
@@ -364,10 +368,10 @@ def build_leaderboard(
     rows += [clip_row(s) for s in clip]
     board = pd.DataFrame(rows).reindex(columns=COLUMNS)
     numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
-               *VISION_KEYS, "real_acc", "rte_seconds"]  # fmt: skip
+               *VISION_KEYS, "real_acc", "privleak", "rte_seconds"]  # fmt: skip
     board[numeric] = board[numeric].astype(float)
     board["diverged_models"] = pd.to_numeric(board["diverged_models"]).astype("Int64")
-    board = apply_rules(board, hp)
+    board = merge_attacks(apply_rules(board, hp), list(attacks), list(relearn))
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
     for (track, split), group in board.groupby(["track", "split"], sort=False):
@@ -377,6 +381,9 @@ def build_leaderboard(
             plot_losses(models, track, split, Path(plots) / f"losses_{track}_{split}.png")
     for name, table in paper_tables(board).items():
         write_table(table, tables, name)
+    for name, table in attack_tables(board).items():
+        write_table(table, tables, name)
+        plot_attacks(board.loc[table.index], Path(plots) / f"{name}.png")
     rte = rte_table(board)
     if len(rte):
         write_table(rte, tables, "rte_training_free")

@@ -15,7 +15,8 @@ nearest centroid over all identities is the right one. The scores table is the c
 
 Steps (each a function and a `python -m clearbench vision <step>` command):
 pretrain (celebs -> model folder), train (-> state file of M stacked models; --gold for the
-gold models), unlearn (state + method -> state), score (state -> scores.parquet + metrics).
+gold models), unlearn (state + method -> state), score (state -> scores.parquet + metrics),
+relearn (the relearning attack: a chunk of any family -> its scores without the relearned photos).
 train and unlearn can also score their own models (--scores, --meta); `vision collect` and
 `vision report` (clearbench.vision.report, no torch) merge chunks and draw Table 2 / Figure 6.
 """
@@ -62,6 +63,19 @@ DEFAULT_HP = dict(
     unlearn=dict(
         epochs=5, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-5, method_hp={}
     ),  # method_hp: {name: {kwarg: v, lr: .., epochs: ..}}
+    # The relearning attack (relearn_models): plain SGD as in training, a few small steps
+    # (batch norm is frozen, so lr 0.01 with momentum 0.9 already overshoots on the test build)
+    attacks=dict(
+        relearn=dict(
+            steps=10,
+            batch_size=32,
+            lr=0.01,
+            momentum=0.0,
+            weight_decay=5e-5,
+            forget_fraction=0.25,
+            seed=0,
+        )
+    ),
 )
 OPT_KEYS = ("lr", "momentum", "weight_decay")
 
@@ -463,6 +477,103 @@ def score_models(state: ens.State, data: VisionData, hp) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+# ------------------------------------------------------------------- relearning attack
+
+
+def relearn_hp(hp) -> dict:
+    """vision.attacks.relearn merged over its defaults; a one-line ValueError on a bad key."""
+    r = merge(DEFAULT_HP, hp)["attacks"]["relearn"]
+    unknown = sorted(r.keys() - DEFAULT_HP["attacks"]["relearn"].keys())
+    if unknown:
+        raise ValueError(f"vision.attacks.relearn: unknown key {unknown[0]!r}")
+    if not 0 < r["forget_fraction"] < 1:
+        raise ValueError("vision.attacks.relearn.forget_fraction must be in (0, 1)")
+    if int(r["steps"]) < 1 or int(r["batch_size"]) < 1:
+        raise ValueError("vision.attacks.relearn: steps and batch_size must be >= 1")
+    return r
+
+
+def relearn_slice(data: VisionData, hp) -> np.ndarray:
+    """(N,) bool: the photos the attacker relearns on. Per identity of F and of H, a seeded
+    forget_fraction of its scored (non-enrollment) photos, at least one and never all, so
+    every identity keeps photos to score. The slice depends on the data and the seeds only:
+    every chunk of every family relearns on (its side of) the same photos."""
+    hp = merge(DEFAULT_HP, hp)
+    r = relearn_hp(hp)
+    out = np.zeros(len(data.labels), bool)
+    for c in np.concatenate([data.forget, data.holdout]):
+        rows = np.flatnonzero((data.labels == c) & ~data.enroll)
+        if len(rows) < 2:
+            raise ValueError(f"identity {data.identities[c]}: relearning needs 2 scored photos")
+        n = min(max(1, round(r["forget_fraction"] * len(rows))), len(rows) - 1)
+        rng = np.random.default_rng(seed_of(hp["seed"], r["seed"], c, 51))
+        out[rng.choice(rows, n, replace=False)] = True
+    return out
+
+
+class _FrozenNorm:
+    """`task` with batch norm in eval mode (each model's running statistics are used and kept),
+    ticking a progress bar once per step. In train mode, ten steps on the photos of a few
+    identities would rewrite the running statistics every image is scored with: that
+    distorts all embeddings (on the test build it drove the IN-OUT phi gap below zero even at
+    lr 1e-3) instead of relearning anything."""
+
+    def __init__(self, task, bar):
+        self.task, self.bar, self.n_steps = task, bar, task.n_steps
+
+    def loss(self, t, rows, student, ctx):
+        self.bar.update(1)
+        return self.task.loss(t, rows, lambda x, train=False: student(x, False), ctx)
+
+
+def relearn_models(state: ens.State, data: VisionData, hp, vectorized=True) -> ens.State:
+    """The relearning attack (Hu et al. 2024; Lynch et al. 2024) on every model of `state`,
+    targets and shadows alike: `steps` SGD steps of the identification loss on the relearn
+    slice of the model's own forget side (F for k < M/2, else H), over the classes it was
+    trained on plus that side, batch norm frozen (_FrozenNorm). Gold models have the same
+    forget side (the identities their original twin trained on), so they relearn the same
+    photos: a gold model never saw them, which makes its result the floor of what relearning
+    alone gives away.
+
+    meta: status (diverged stays diverged), rte_seconds kept from `state` (the family's),
+    relearn_seconds (this attack's wall time).
+    """
+    from tqdm import tqdm
+
+    hp = merge(DEFAULT_HP, hp)
+    r, a = relearn_hp(hp), assignment_for(data, hp)
+    rows, part = state.model_ids, relearn_slice(data, hp)
+    pl = [np.flatnonzero(part & a.side[k][data.labels]) for k in rows]
+    plan = ens.index_plan(
+        pl,
+        int(r["steps"]),
+        int(r["batch_size"]),
+        [seed_of(hp["seed"], r["seed"], k, 52) for k in rows],
+    )
+    task = ens.IdentityTask(data.pixels, data.labels, plan, a.train[rows], hp["loss"])
+    n_runs = -(-state.n // hp["chunk"]) if vectorized else state.n
+    with tqdm(total=n_runs * task.n_steps, desc="relearn", mininterval=2) as bar:
+        out = ens.train(
+            state, _FrozenNorm(task, bar), opt_of(r), hp["chunk"], vectorized, device_of(hp)
+        )
+    before = state.meta.get("status", ["ok"] * state.n)
+    status = [
+        "ok" if ok and b == "ok" else "diverged"
+        for ok, b in zip(out.meta["alive"], before, strict=True)
+    ]
+    rte = state.meta.get("rte_seconds", state.meta.get("seconds"))
+    out.meta.update(status=status, rte_seconds=rte, relearn_seconds=out.meta["seconds"])
+    return out
+
+
+def relearn_scores(state: ens.State, data: VisionData, hp) -> pd.DataFrame:
+    """score_models of relearned models without the relearn slice's photos: every model
+    drops the same sample_ids, so U-LIRA compares the same examples across models."""
+    scores = score_models(state, data, hp)
+    taken = set(data.sample_ids[relearn_slice(data, hp)].tolist())
+    return scores[~scores["sample_id"].isin(taken)].reset_index(drop=True)
+
+
 def chunk_meta(state: ens.State) -> dict:
     """What a family summary needs of one chunk of models, as plain JSON: ids, status, RTE
     (unlearning time; for original/gold models, their training time)."""
@@ -570,6 +681,14 @@ def main(argv=None):
         else:  # the pipeline scores each chunk in the job that made it (one import, one load)
             s.add_argument("--scores", help="also write this chunk's scores table here")
             s.add_argument("--meta", help="and its status / RTE JSON (for `vision collect`)")
+    s = sub.add_parser(
+        "relearn", help="state of one chunk -> its scores after the relearning attack"
+    )
+    s.add_argument("--full", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--state", required=True, help="state file of one chunk (any family)")
+    s.add_argument("--out", required=True, help="the relearned chunk's scores table")
+    s.add_argument("--meta", help="also write its status / RTE JSON (for `vision collect`)")
     for s in sub.choices.values():
         s.add_argument("--hp", help="vision hyperparameters: JSON string or params file")
         s.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
@@ -588,6 +707,14 @@ def main(argv=None):
         print(json.dumps(metrics))
         return 0
     data = vision_data(args.full, args.split, hp["image_size"], hp["n_enroll"])
+    if args.step == "relearn":
+        state = relearn_models(ens.State.load(args.state), data, hp)
+        mia.write_parquet_atomic(relearn_scores(state, data, hp), out)
+        meta = chunk_meta(state) | dict(relearn_seconds=state.meta["relearn_seconds"])
+        if args.meta:
+            mia.write_json_atomic(args.meta, meta)
+        print(json.dumps(meta))
+        return 0
     if args.step in ("train", "unlearn"):
         if args.step == "train":
             base = vm.load_model(args.pretrained)
