@@ -7,23 +7,6 @@ RELEARNED = dag.relearned_families(config)
 ATTACK_CODE = ("attacks", "eval/text", "eval/vlm", "metrics/__init__", "metrics/text", *VLM_CODE)
 
 
-def attack_hp(track):
-    """The --hp of an attack job: the track's evaluation keys, the attacks, and the LoRA the
-    relearning attack trains (the track's unlearning LoRA)."""
-    evaluation = vlm_stage_hp("eval", {"seed": config["seed"], **VLM}) if track == "vlm" else {
-        "seed": config["seed"], "max_len": config["text"]["max_len"], **config["eval"]}  # fmt: skip
-    values = {
-        **evaluation,
-        "attacks": ATTACKS["kinds"],
-        "quantize_bits": ATTACKS["quantize_bits"],
-        "relearn": ATTACKS["relearn"],
-        "lora": config[track]["unlearn"]["lora"],
-    }
-    if track == "vlm":
-        values["freeze_vision_tower"] = VLM["finetune"]["freeze_vision_tower"]
-    return hp(**values, compute=COMPUTE)
-
-
 rule text_attack:
     """The attacks on one text model: a per-sample table of its forget task per attack."""
     input:
@@ -95,13 +78,6 @@ rule attack_metrics:
         "../../environment.yml"
     shell:
         "python -m clearbench attack-metrics {input.table} --out {output} > {log} 2>&1"
-
-
-def relearn_hp():
-    """The vision keys a relearning job reads: the protocol's and the attack's own."""
-    keys = ["image_size", "n_enroll", "n_models", "chunk", "device", "model", "loss"]
-    return hp(seed=config["seed"], attacks={"relearn": VISION["attacks"]["relearn"]},
-              **{k: VISION[k] for k in keys})  # fmt: skip
 
 
 rule vision_relearn:

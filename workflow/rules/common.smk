@@ -51,6 +51,8 @@ THREADS = config["compute"]["threads"]
 COMPUTE = compute_section(config)  # device and precision of every text and vlm job
 VLM = config.get("vlm", {})
 VLM_ON = "vlm" in config["tracks"]
+# what a text evaluation reads (mink_k is the metrics job's: a change reruns no model)
+TEXT_EVAL = {k: v for k, v in config["eval"].items() if k != "mink_k"}
 # base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
 # the --cores given (reading workflow.cores here would break runs without --cores)
 SOLO_THREADS = max(THREADS, 8)
@@ -179,3 +181,27 @@ def clip_hp(method=None):
 def clip_summaries(split):
     """The summary of every clip model of a split (clearbench.clip.run)."""
     return [f"results/clip/{split}/{m}.json" for m in ["original", "gold", *CLIP_METHOD_NAMES]]
+
+
+def attack_hp(track):
+    """The --hp of an attack job: the track's evaluation keys, the attacks, and the LoRA the
+    relearning attack trains (the track's unlearning LoRA)."""
+    evaluation = vlm_stage_hp("eval", {"seed": config["seed"], **VLM}) if track == "vlm" else {
+        "seed": config["seed"], "max_len": config["text"]["max_len"], **TEXT_EVAL}  # fmt: skip
+    values = {
+        **evaluation,
+        "attacks": config["attacks"]["kinds"],
+        "quantize_bits": config["attacks"]["quantize_bits"],
+        "relearn": config["attacks"]["relearn"],
+        "lora": config[track]["unlearn"]["lora"],
+    }
+    if track == "vlm":
+        values["freeze_vision_tower"] = VLM["finetune"]["freeze_vision_tower"]
+    return hp(**values, compute=COMPUTE)
+
+
+def relearn_hp():
+    """The vision keys a relearning job reads: the protocol's and the attack's own."""
+    keys = ["image_size", "n_enroll", "n_models", "chunk", "device", "model", "loss"]
+    return hp(seed=config["seed"], attacks={"relearn": config["vision"]["attacks"]["relearn"]},
+              **{k: config["vision"][k] for k in keys})  # fmt: skip

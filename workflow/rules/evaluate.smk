@@ -10,7 +10,7 @@ rule text_eval:
     params:
         tasks=lambda w: " ".join(f"--task {t}={p}" for t, p in text_tasks(w.split).items()),
         hp=hp(
-            seed=config["seed"], max_len=config["text"]["max_len"], compute=COMPUTE, **config["eval"]
+            seed=config["seed"], max_len=config["text"]["max_len"], compute=COMPUTE, **TEXT_EVAL
         ),
     log:
         "logs/eval/text/{split}/{model}.log",
@@ -35,7 +35,7 @@ rule metrics:
     output:
         "results/metrics/{track}/{split}/{model}.json",
     params:
-        mink_k=config["eval"].get("mink_k", 0.2),
+        mink_k=config["eval"]["mink_k"],
     log:
         "logs/metrics/{track}/{split}/{model}.log",
     benchmark:
