@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clearbench import dag
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = [
     "params.yaml",
@@ -144,3 +146,18 @@ def test_a_stale_dvc_yaml_is_named_before_any_job(tmp_path):
     params["unlearn"]["methods"].remove("ga")  # a method dropped without regenerating
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert "python -m clearbench dvc-yaml" in out_of_date(tmp_path)
+
+
+def test_attacked_models_follow_the_attack_matrix():
+    config = yaml.safe_load((ROOT / "params.yaml").read_text())
+    config["unlearn"]["methods"] = ["ga", "npo"]
+    config["attacks"] |= {"methods": ["npo"], "l1": [False]}
+    assert dag.attacked_models(config, "vlm") == ["original", "gold", "npo-nol1-both"]
+    config["attacks"]["l1"] = [False, True]
+    assert dag.attacked_models(config, "vlm") == [
+        "original", "gold", "npo-nol1-both", "npo-l1-both"
+    ]  # fmt: skip
+    # text runs without l1 only (text.unlearn.l1), whatever attacks.l1 says
+    assert dag.attacked_models(config, "text") == ["original", "gold", "npo-nol1-text"]
+    del config["attacks"]
+    assert dag.attacked_models(config, "vlm") == [] and dag.all_attack_metrics(config) == []

@@ -189,3 +189,62 @@ def test_clip_rows_rank_by_closeness_to_gold_and_training_free_speedup_is_tabula
     assert row["method"] == "unlink" and row["fastest_trained"] == "amnesiac"
     assert row["speedup"] == pytest.approx(200.0)  # 4.0 s / 0.02 s
     assert "lipschitz" in (tmp_path / "tables/clip_forget10.md").read_text()
+
+
+def write_attacks(tmp, track, name, **values):
+    path = tmp / f"results/attacks/{track}/forget10/{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def test_attack_columns_land_on_their_own_rows_with_a_table_and_a_plot(tmp_path):
+    text = [
+        write(tmp_path, "original", 0.8, 0.9, 0.9),
+        write(tmp_path, "gold", 0.8, 0.9, 0.2, fq=0.0),
+        write(tmp_path, "npo-nol1-text", 0.7, 0.8, 0.25),
+        write(tmp_path, "npo-l1-text", 0.7, 0.8, 0.5),  # not attacked
+    ]
+    attacks = [
+        write_attacks(tmp_path, "text", "original", forget_none=0.88, relearn_forget=0.9),
+        write_attacks(tmp_path, "text", "gold", forget_none=0.21, relearn_forget=0.3),
+        write_attacks(
+            tmp_path,
+            "text",
+            "npo-nol1-text",
+            forget_none=0.24,
+            forget_probe=0.3,
+            forget_q8=0.25,
+            forget_q4=0.4,
+            relearn_forget=0.8,
+            relearn_retain_forget=0.6,
+        ),  # fmt: skip
+    ]
+    vision = [write_vision(tmp_path, f, 0.9, u) for f, u in (("original", 0.9), ("gold", 0.5),
+                                                             ("unlink", 0.55))]  # fmt: skip
+    relearn = []
+    for family, u in (("original", 0.88), ("unlink", 0.8)):
+        path = tmp_path / "results/vision" / family / "relearn.json"
+        path.write_text(json.dumps({"u_lira": u}))
+        relearn.append(str(path))
+    out = tmp_path / "leaderboard.csv"
+    build_leaderboard([m for m, _ in text], [d for _, d in text], str(out),
+                      str(tmp_path / "tables"), str(tmp_path / "plots"), {"retain_drop": 0.5},
+                      vision, "forget10", attacks=attacks, relearn=relearn)  # fmt: skip
+    board = pd.read_csv(out)
+    rows = board[board.track == "text"]
+    rows = rows.set_index(rows.method + "/" + rows.l1.astype(str))
+    npo = rows.loc["npo/False"]
+    assert (npo.forget_unattacked, npo.forget_probe, npo.forget_q4) == (0.24, 0.3, 0.4)
+    assert (npo.relearn_forget, npo.relearn_retain_forget) == (0.8, 0.6)
+    assert rows.loc["npo/True", ["forget_unattacked", "relearn_forget"]].isna().all()
+    assert rows[rows.method == "gold"].relearn_forget.iloc[0] == 0.3
+    v = board[board.track == "vision"].set_index("method")
+    assert v.loc["unlink", "relearn_u_lira"] == 0.8 and pd.isna(v.loc["gold", "relearn_u_lira"])
+    table = pd.read_csv(tmp_path / "tables/attacks_text_forget10.csv")
+    assert list(table.method) == ["original", "gold", "npo"]  # the attacked models only
+    assert list(pd.read_csv(tmp_path / "tables/attacks_vision_forget10.csv").method) == [
+        "original", "unlink"
+    ]  # fmt: skip
+    for track in ("text", "vision"):
+        assert (tmp_path / f"plots/attacks_{track}_forget10.png").stat().st_size > 1000

@@ -68,7 +68,8 @@ def expected_counts(config: dict) -> dict[str, int]:
         }
         counts["metrics"] = counts.get("metrics", 0) + counts[f"{track}_eval"]
         # the attacks: original, gold and every run of an attacked method, per split
-        attacked = [r for r in runs if r[0] in config["attacks"]["methods"]]
+        attacks = config["attacks"]
+        attacked = [r for r in runs if r[0] in attacks["methods"] and r[1] in attacks["l1"]]
         counts[f"{track}_attack"] = len(splits) * (2 + len(attacked))
         counts["attack_metrics"] = counts.get("attack_metrics", 0) + counts[f"{track}_attack"]
     if "vision" in tracks:

@@ -327,7 +327,6 @@ CASES = [
         "attacks.kinds.0: 'relearn' is not one of ['none', 'probe', 'q8', 'q4', 'relearn_forget',"
         " 'relearn_retain']",
     ),
-    ({"attacks.quantize_bits": [3]}, "attacks.quantize_bits.0: 3 is not one of [8, 4]"),
     (
         {"attacks.relearn.forget_fraction": 1.0},
         "attacks.relearn.forget_fraction: 1.0 is greater than or equal to the maximum of 1",

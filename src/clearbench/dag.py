@@ -83,11 +83,14 @@ def vision_chunks(config: dict) -> list[str]:
 
 def attacked_models(config: dict, track: str = "text") -> list[str]:
     """The models of a language track the attacks run on (clearbench.attacks): the original,
-    the gold and every unlearned model of the methods in attacks.methods."""
-    methods = (config.get("attacks") or {}).get("methods")
-    if methods is None:
+    the gold and every unlearned model of the methods in attacks.methods, without and/or with
+    l1 as attacks.l1 says (all runs when it is absent)."""
+    attacks = config.get("attacks") or {}
+    if attacks.get("methods") is None:
         return []
-    runs = [m for m in unlearned_models(config, track) if m.split("-")[0] in methods]
+    l1 = ["l1" if on else "nol1" for on in attacks.get("l1", [False, True])]
+    runs = [m for m in unlearned_models(config, track)
+            if m.split("-")[0] in attacks["methods"] and m.split("-")[1] in l1]  # fmt: skip
     return ["original", "gold", *runs]
 
 

@@ -60,7 +60,7 @@ def eval_files(config, track, models):
     return tables, [dag.metrics_file(track, s, m) for s in splits for m in models]
 
 
-ATTACK_KEYS = ["attacks.kinds", "attacks.quantize_bits", "attacks.relearn"]
+ATTACK_KEYS = ["attacks.kinds", "attacks.relearn"]
 
 
 def attack_files(config, track, models) -> tuple[list[str], list[str], list[str]]:

@@ -191,7 +191,6 @@ def attack_hp(track):
     values = {
         **evaluation,
         "attacks": config["attacks"]["kinds"],
-        "quantize_bits": config["attacks"]["quantize_bits"],
         "relearn": config["attacks"]["relearn"],
         "lora": config[track]["unlearn"]["lora"],
     }
