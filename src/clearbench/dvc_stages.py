@@ -63,16 +63,17 @@ def eval_files(config, track, models):
 ATTACK_KEYS = ["attacks.kinds", "attacks.relearn"]
 
 
-def attack_files(config, track, models) -> tuple[list[str], list[str], list[str]]:
+def attack_files(config, track, models) -> tuple[list[str], list[str], list[str], list[str]]:
     """The attack tables and metrics of those of `models` that are attacked, and the rules and
     params keys that make them ([] when none is)."""
     attacked = set(dag.attacked_models(config, track))
     runs = [(s, m) for s in config["data"]["splits"] for m in models if m in attacked]
     if not runs:
-        return [], [], []
-    outs = [dag.attack_table(track, s, m) for s, m in runs]
-    outs += [dag.attack_metrics(track, s, m) for s, m in runs]
-    return outs, [f"{track}_attack", "attack_metrics"], [*ATTACK_KEYS, f"{track}.unlearn.lora"]
+        return [], [], [], []
+    tables = [dag.attack_table(track, s, m) for s, m in runs]
+    metrics = [dag.attack_metrics(track, s, m) for s, m in runs]
+    keys = [*ATTACK_KEYS, f"{track}.unlearn.lora"]
+    return tables, metrics, [f"{track}_attack", "attack_metrics"], keys
 
 
 def relearn_rules(families) -> list[str]:
@@ -167,8 +168,10 @@ def stages(config: dict) -> dict[str, dict]:
         tables, metrics, deps, params, rules = [], [], list(data_dirs), [], set()
         for t in languages:
             t_tables, t_metrics = eval_files(config, t, ["original", "gold"])
-            attacks, attack_rules, attack_keys = attack_files(config, t, ["original", "gold"])
-            tables, metrics = tables + t_tables + attacks, metrics + t_metrics
+            a_tables, a_metrics, attack_rules, attack_keys = attack_files(
+                config, t, ["original", "gold"]
+            )
+            tables, metrics = tables + t_tables + a_tables, metrics + t_metrics + a_metrics
             deps += [f"results/models/{t}/{m}" for m in ("base", "original", "gold")]
             params += language_keys(t) + eval_keys[t] + attack_keys
             rules |= {*eval_rules[t], *attack_rules}
@@ -184,7 +187,8 @@ def stages(config: dict) -> dict[str, dict]:
             if not models:
                 continue  # a method of the other track only (Unlink: vlm)
             tables, metrics = eval_files(config, t, models)
-            attacks, attack_rules, attack_keys = attack_files(config, t, models)
+            a_tables, a_metrics, attack_rules, attack_keys = attack_files(config, t, models)
+            attacks, metrics = a_tables + a_metrics, metrics + a_metrics
             gold = [dag.eval_table(t, s, "gold") for s in splits]
             reference = [f"results/models/{t}/reference"] if method in needs_reference else []
             out[f"{t}-{method}"] = stage(
@@ -196,7 +200,8 @@ def stages(config: dict) -> dict[str, dict]:
                  "workflow/rules/evaluate.smk", "workflow/rules/vlm.smk",
                  *(["workflow/rules/attacks.smk"] if attacks else [])],
                 language_keys(t) + unlearn_keys(config, t, method) + eval_keys[t] + attack_keys,
-                [f"results/models/{t}/unlearn/{method}", *tables, *metrics, *attacks],
+                list(dict.fromkeys([f"results/models/{t}/unlearn/{method}", *tables, *metrics,
+                                    *attacks])),
             )  # fmt: skip
     if vision:
         vision_code = [f"{CODE}/vision", f"{CODE}/unlink.py", f"{CODE}/hparams.py",
@@ -207,7 +212,8 @@ def stages(config: dict) -> dict[str, dict]:
         refs_relearn = [f for f in families if f in relearned]
         out["vision-references"] = stage(
             ["vision_pretrain", "vision_train", "vision_score", *relearn_rules(refs_relearn)],
-            [f"results/vision/{f}/summary.json" for f in families],
+            [f"results/vision/{f}/summary.json" for f in families]
+            + [f"results/vision/{f}/relearn.json" for f in refs_relearn],
             ["data/clear", *vision_code],
             keys + ["vision.pretrain", "vision.train"] + relearn_keys(refs_relearn),
             ["results/models/vision/pretrained",
@@ -223,7 +229,8 @@ def stages(config: dict) -> dict[str, dict]:
             attacked = [method] if method in relearned else []
             out[f"vision-{method}"] = stage(
                 ["vision_unlearn", "vision_score", *relearn_rules(attacked)],
-                [f"results/vision/{method}/summary.json"],
+                [f"results/vision/{method}/summary.json"]
+                + [f"results/vision/{f}/relearn.json" for f in attacked],
                 ["data/clear", "results/models/vision/original", *vision_code],
                 keys + optimizer + own + relearn_keys(attacked),
                 [f"results/models/vision/unlearn/{method}",
