@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from clearbench.compute import compute_hp, to_device
@@ -22,7 +21,7 @@ from clearbench.models.factory import (
     read_model_json,
     trusts_remote_code,
 )
-from clearbench.train.qa import PROMPT, Answers, collate, encode
+from clearbench.train.qa import PROMPT, Answers, collate, encode, token_nll_and_logits
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -91,16 +90,8 @@ def minkpp_per_row(answers: Answers, want: list[bool]) -> list:
 def nll_and_minkpp(model, batch: dict, want: list[bool]) -> tuple[torch.Tensor, list]:
     """Mean answer-token NLL per sequence (B,), the same ops (so the same numbers) as
     qa.sequence_nll, plus the Min-K%++ token scores of the rows in `want` from the same logits."""
-    batch = to_device(batch, model)
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
-    scored = labels != -100
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        labels.clamp(min=0).reshape(-1),
-        reduction="none",
-    ).view(labels.shape)
-    losses = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
+    nll, scored, logits, labels = token_nll_and_logits(model, batch)
+    losses = nll.sum(1) / scored.sum(1).clamp(min=1)
     if not any(want):
         return losses, [None] * len(want)
     keep = scored & torch.tensor(want, device=scored.device)[:, None]  # only wanted rows' logits

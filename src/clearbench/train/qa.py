@@ -45,6 +45,13 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     """Per-token NLL (B, T-1) of the labels and the mask of scored tokens.
 
     Every other key of the batch goes to the model (a VLM batch also has pixel_values)."""
+    nll, scored, _, _ = token_nll_and_logits(model, batch)
+    return nll, scored
+
+
+def token_nll_and_logits(model, batch: dict[str, torch.Tensor]):
+    """token_nll, plus the shifted logits (B, T-1, V) and labels (B, T-1) it came from (the
+    evaluation's Min-K%++ scores reuse them)."""
     batch = to_device(batch, model)
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     logits, labels = logits[:, :-1], batch["labels"][:, 1:]
@@ -54,7 +61,7 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
         labels.clamp(min=0).reshape(-1),
         reduction="none",
     ).view(labels.shape)
-    return nll * scored, scored
+    return nll * scored, scored, logits, labels
 
 
 def sequence_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
