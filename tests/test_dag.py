@@ -154,6 +154,7 @@ def test_attacked_models_follow_the_attack_matrix():
     config["attacks"] |= {"methods": ["npo"], "l1": [False]}
     assert dag.attacked_models(config, "vlm") == ["original", "gold", "npo-nol1-both"]
     config["attacks"]["l1"] = [False, True]
+    config["vlm"]["unlearn"]["l1"] = [False, True]  # default runs no l1 (time budget)
     assert dag.attacked_models(config, "vlm") == [
         "original", "gold", "npo-nol1-both", "npo-l1-both"
     ]  # fmt: skip

@@ -248,3 +248,18 @@ def test_attack_columns_land_on_their_own_rows_with_a_table_and_a_plot(tmp_path)
     ]  # fmt: skip
     for track in ("text", "vision"):
         assert (tmp_path / f"plots/attacks_{track}_forget10.png").stat().st_size > 1000
+
+
+def test_table4_only_where_the_dag_ran_l1(tmp_path):
+    from clearbench.report.leaderboard import paper_tables
+
+    board = pd.DataFrame({
+        "track": "vlm", "split": "forget10", "method": ["original", "gold", "ga", "npo"],
+        "l1": [None, None, False, False], "modality": [None, None, "both", "both"],
+        "status_paper": "ok",
+    })  # fmt: skip
+    for col in COLUMNS:
+        board[col] = board.get(col, 0.5)
+    assert "table4_l1" not in paper_tables(board)  # default: no l1 runs, no Table 4
+    board.loc[3, "l1"] = True
+    assert list(paper_tables(board)["table4_l1"].method) == ["original", "gold", "ga", "npo"]

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
@@ -157,6 +156,8 @@ def is_vlm(config) -> bool:
 
 def load_image_processor(name_or_path: str, trust_remote_code: bool = False):
     """The checkpoint's image processor, PIL backend (torchvision does not import here)."""
+    from transformers import AutoImageProcessor  # 1.5 s of imports only the vlm track needs
+
     return from_pretrained(
         "image processor", AutoImageProcessor, name_or_path, trust_remote_code, backend="pil"
     )
