@@ -263,3 +263,41 @@ def test_table4_only_where_the_dag_ran_l1(tmp_path):
     assert "table4_l1" not in paper_tables(board)  # default: no l1 runs, no Table 4
     board.loc[3, "l1"] = True
     assert list(paper_tables(board)["table4_l1"].method) == ["original", "gold", "ga", "npo"]
+
+
+def test_ties_intervals_and_the_authors_tables(tmp_path):
+    def entry(name, forget, fq, fq_lo, fq_hi, authors_fq):
+        m, d = write(tmp_path, name, 0.8, 0.8, forget, fq=fq)
+        metrics = json.loads(Path(m).read_text()) | {
+            "forget_lo": forget - 0.05, "forget_hi": forget + 0.05, "retain_lo": 0.75,
+            "retain_hi": 0.85, "log10_forget_quality_lo": fq_lo, "log10_forget_quality_hi": fq_hi,
+        }  # fmt: skip
+        Path(m).write_text(json.dumps(metrics))
+        a = tmp_path / "results/metrics_authors/text/forget10" / f"{name}.json"
+        a.parent.mkdir(parents=True, exist_ok=True)
+        a.write_text(json.dumps(metrics | {"log10_forget_quality": authors_fq}))
+        return m, d, str(a)
+
+    entries = [
+        entry("original", 0.9, -5.0, -6.0, -4.0, -5.0),
+        entry("gold", 0.2, 0.0, -0.2, 0.0, 0.0),
+        entry("npo-nol1-text", 0.3, -1.0, -1.5, -0.5, -3.0),  # overlaps gd's interval
+        entry("gd-nol1-text", 0.35, -1.2, -1.8, -0.9, -1.0),  # apart from ga's
+        entry("ga-nol1-text", 0.4, -3.0, -3.5, -2.5, -2.0),
+    ]
+    m, d, a = (list(x) for x in zip(*entries, strict=True))
+    build_leaderboard(m, d, str(tmp_path / "lb.csv"), str(tmp_path / "tables"),
+                      str(tmp_path / "plots"), {"retain_drop": 0.5}, authors=a)  # fmt: skip
+    board = pd.read_csv(tmp_path / "lb.csv").set_index("method")
+    assert list(board.loc[["npo", "gd", "ga"], "rank"]) == [1, 2, 3]
+    assert board.loc["npo", "tie_with_next"] == True  # noqa: E712
+    assert board.loc["gd", "tie_with_next"] == False  # noqa: E712
+    assert pd.isna(board.loc["ga", "tie_with_next"]) and pd.isna(board.loc["gold", "tie_with_next"])
+    assert board.loc["npo", "forget_lo"] == pytest.approx(0.25)
+    md = (tmp_path / "tables/text_forget10.md").read_text()
+    assert "| 0.300 [0.250, 0.350] |" in md and "forget_lo" not in md.splitlines()[0]
+    # the authors' convention ranks by their forget quality: gd, ga, npo
+    theirs = pd.read_csv(tmp_path / "tables/authors/text_forget10.csv").set_index("method")
+    assert list(theirs.loc[["gd", "ga", "npo"], "rank"]) == [1, 2, 3]
+    assert (tmp_path / "tables/authors/table1_text.md").exists()
+    assert (tmp_path / "plots/intervals_text_forget10.png").stat().st_size > 5000

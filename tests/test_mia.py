@@ -124,3 +124,59 @@ def test_cli(tmp_path, capsys):
     assert "role" in capsys.readouterr().err
     assert mia.main([str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
+
+
+def test_authors_phi_floors_at_log_1e_45_and_keeps_the_rest():
+    cos = np.array([-0.3, 0.0, 0.25, 0.5, 0.9, 1.0])
+    ours = mia.phi_from_cosine(cos)
+    theirs = mia.authors_phi(ours)
+    s = np.clip(cos, 0, 1)  # the authors' cv/attack.py
+    expected = np.log(s + 1e-45) - np.log(1 - s + 1e-45)
+    np.testing.assert_allclose(theirs, expected, rtol=1e-9)
+    assert theirs[0] == pytest.approx(np.log(1e-45)) and ours[0] == pytest.approx(
+        -13.8155, abs=1e-4
+    )
+
+
+def test_intervals_cover_the_point_and_shrink_with_more_pairs():
+    few, many = make_scores(1.0, 0.0, k=10, seed=2), make_scores(1.0, 0.0, k=80, seed=2)
+    width = {}
+    for name, df in (("few", few), ("many", many)):
+        point, iv = mia.score_mia(df), mia.intervals(df, 400, seed=0)
+        for key in KEYS:
+            assert iv[f"{key}_lo"] <= point[key] <= iv[f"{key}_hi"], (name, key)
+        width[name] = iv["u_lira_hi"] - iv["u_lira_lo"]
+    assert width["many"] < 0.6 * width["few"]  # 8x the pairs: about 1/sqrt(8) the width
+    assert mia.intervals(few, 100, seed=1) == mia.intervals(few, 100, seed=1)
+
+
+def test_cli_bootstrap_and_convention(tmp_path):
+    df = make_scores(1.0, 0.0)
+    df.loc[df.index[:50], "phi"] = mia.phi_from_cosine(0.0)  # cos <= 0: the floors differ
+    path = tmp_path / "scores.parquet"
+    df.to_parquet(path)
+    out = tmp_path / "ours.json"
+    assert mia.main([str(path), "--out", str(out), "--bootstrap", "50"]) == 0
+    ours = json.loads(out.read_text())
+    assert set(ours) == KEYS | {f"{k}_{s}" for k in KEYS for s in ("lo", "hi")}
+    assert mia.main([str(path), "--out", str(out), "--convention", "clear-authors"]) == 0
+    theirs = json.loads(out.read_text())
+    assert set(theirs) == KEYS and theirs["forget_acc"] == ours["forget_acc"]
+    assert theirs == mia.score_mia(df.assign(phi=mia.authors_phi(df["phi"])))
+
+
+def test_family_summary_carries_intervals_and_the_authors_numbers(tmp_path):
+    from clearbench.vision import report
+
+    df = make_scores(1.0, 0.0)
+    df.loc[df.index[::7], "phi"] = mia.phi_from_cosine(0.0)
+    path, meta = tmp_path / "chunk.parquet", tmp_path / "meta.json"
+    df.to_parquet(path)
+    meta.write_text(json.dumps({"status": ["ok"] * 16, "rte_seconds": 1.0}))
+    summary = report.collect([str(path)], [str(meta)], str(tmp_path / "s.parquet"),
+                             str(tmp_path / "s.json"), {"n": 100, "seed": 0, "level": 0.9})  # fmt: skip
+    assert summary["u_lira_lo"] <= summary["u_lira"] <= summary["u_lira_hi"]
+    theirs = mia.score_mia(df.assign(phi=mia.authors_phi(df["phi"])))
+    assert {k: summary["authors"][k] for k in KEYS} == theirs
+    assert summary["authors"]["u_lira_lo"] <= theirs["u_lira"] <= summary["authors"]["u_lira_hi"]
+    assert json.loads((tmp_path / "s.json").read_text()) == summary

@@ -146,6 +146,7 @@ def cmd_leaderboard(a) -> dict:
         a.clip,
         a.attacks,
         a.relearn,
+        a.authors,
     )
 
 
@@ -290,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--clip", nargs="*", default=[], help="clip track model summary .json files")
     s.add_argument("--attacks", nargs="*", default=[], help="language attack-metrics .json files")
     s.add_argument("--relearn", nargs="*", default=[], help="vision relearn.json files")
+    s.add_argument("--authors", nargs="*", default=[],
+                   help="the metrics files in the CLEAR authors' convention, --metrics' order")  # fmt: skip
     s.add_argument("--tables", required=True, help="folder for the per-track/split tables")
     s.add_argument("--plots", required=True, help="folder for the plots")
     s.add_argument("--out", required=True)

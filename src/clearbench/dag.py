@@ -64,6 +64,11 @@ def metrics_file(track: str, split: str, model: str) -> str:
     return f"results/metrics/{track}/{split}/{model}.json"
 
 
+def authors_metrics_file(track: str, split: str, model: str) -> str:
+    """The same scores in the CLEAR authors' convention (metrics --authors-out)."""
+    return f"results/metrics_authors/{track}/{split}/{model}.json"
+
+
 def all_metrics(config: dict) -> list[str]:
     """Metrics files of the models evaluated per-sample (text, vlm), one leaderboard row each."""
     return [

@@ -57,7 +57,9 @@ def stage(rules, targets, deps, params, outs) -> dict:
 def eval_files(config, track, models):
     splits = config["data"]["splits"]
     tables = [dag.eval_table(track, s, m) for s in splits for m in models]
-    return tables, [dag.metrics_file(track, s, m) for s in splits for m in models]
+    files = [f(track, s, m) for s in splits for m in models
+             for f in (dag.metrics_file, dag.authors_metrics_file)]  # fmt: skip
+    return tables, files
 
 
 ATTACK_KEYS = ["attacks.kinds", "attacks.relearn"]
@@ -162,7 +164,7 @@ def stages(config: dict) -> dict[str, dict]:
              "workflow/rules/unlearn.smk"],
             params + (["vlm.finetune.freeze_vision_tower"] if vlm else []), refs,
         )  # fmt: skip
-    eval_keys = {"text": ["eval"], "vlm": ["vlm.eval"]}
+    eval_keys = {"text": ["eval", "bootstrap"], "vlm": ["vlm.eval", "eval.mink_k", "bootstrap"]}
     eval_rules = {"text": ["text_eval", "metrics"], "vlm": ["vlm_eval", "metrics"]}
     if languages:
         tables, metrics, deps, params, rules = [], [], list(data_dirs), [], set()
@@ -206,7 +208,7 @@ def stages(config: dict) -> dict[str, dict]:
     if vision:
         vision_code = [f"{CODE}/vision", f"{CODE}/unlink.py", f"{CODE}/hparams.py",
                        "workflow/rules/vision.smk"]  # fmt: skip
-        keys = ["seed", "data.forget_fractions", *(f"vision.{k}" for k in VISION_KEYS)]
+        keys = ["seed", "data.forget_fractions", "bootstrap", *(f"vision.{k}" for k in VISION_KEYS)]
         families = ["original", "gold"]
         relearned = dag.relearned_families(config)
         refs_relearn = [f for f in families if f in relearned]
@@ -289,7 +291,8 @@ def report_stage(config, languages, vision, clear) -> dict:
                  if clip]  # fmt: skip
     outs = ["results/leaderboard.csv", "results/tables", "results/plots", *vision_outs,
             *clip_outs, "results/report.html"]  # fmt: skip
-    deps = [*metrics, *models, *(f"results/vision/{f}" for f in families)]
+    authors = [dag.authors_metrics_file(*m.removesuffix(".json").split("/")[-3:]) for m in metrics]
+    deps = [*metrics, *authors, *models, *(f"results/vision/{f}" for f in families)]
     deps += dag.all_attack_metrics(config)
     deps += [f"results/clip/{s}/{m}.json" for s in splits for m in clip_models]
     deps += ["data/clear"] if clear else []  # the data card and contact sheets

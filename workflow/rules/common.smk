@@ -53,6 +53,8 @@ VLM = config.get("vlm", {})
 VLM_ON = "vlm" in config["tracks"]
 # what a text evaluation reads (mink_k is the metrics job's: a change reruns no model)
 TEXT_EVAL = {k: v for k, v in config["eval"].items() if k != "mink_k"}
+BOOT = config.get("bootstrap", {"n": 0, "seed": 0, "level": 0.95})
+BOOTSTRAP = f"--bootstrap {BOOT['n']} --bootstrap-seed {BOOT['seed']} --level {BOOT['level']}"
 # base pretraining runs alone in the DAG: it claims 8 threads, which Snakemake scales down to
 # the --cores given (reading workflow.cores here would break runs without --cores)
 SOLO_THREADS = max(THREADS, 8)

@@ -31,11 +31,13 @@ rule metrics:
     input:
         table="results/eval/{track}/{split}/{model}.parquet",
         gold="results/eval/{track}/{split}/gold.parquet",
-        code=src("metrics/text", "metrics/__init__"),
+        code=src("metrics/text", "metrics/resample", "metrics/__init__"),
     output:
-        "results/metrics/{track}/{split}/{model}.json",
+        ours="results/metrics/{track}/{split}/{model}.json",
+        authors="results/metrics_authors/{track}/{split}/{model}.json",
     params:
         mink_k=config["eval"]["mink_k"],
+        bootstrap=BOOTSTRAP,
     log:
         "logs/metrics/{track}/{split}/{model}.log",
     benchmark:
@@ -47,7 +49,8 @@ rule metrics:
         "../../environment.yml"
     shell:
         "python -m clearbench metrics {input.table} --gold {input.gold}"
-        " --mink-k {params.mink_k} --out {output} > {log} 2>&1"
+        " --mink-k {params.mink_k} {params.bootstrap} --out {output.ours}"
+        " --authors-out {output.authors} > {log} 2>&1"
 
 
 rule evaluate:

@@ -16,7 +16,9 @@ rule leaderboard:
         clip=[s for split in SPLITS for s in clip_summaries(split)] if CLIP_ON else [],
         clip_tables=CLIP_OUTPUTS if CLIP_ON else [],
         data_card=CLEAR_OUTPUTS if config["data"]["clear"]["build"] else [],
-        code=src("report/leaderboard", "report/attacks", "unlearn/registry", "vision/registry", "hparams"),
+        authors=[dag.authors_metrics_file(*Path(m).with_suffix("").parts[-3:]) for m in all_metrics()],
+        code=src("report/leaderboard", "report/attacks", "report/uncertainty", "unlearn/registry",
+                 "vision/registry", "hparams"),
     output:
         csv="results/leaderboard.csv",
         tables=directory("results/tables"),
@@ -41,6 +43,7 @@ rule leaderboard:
     shell:
         "python -m clearbench leaderboard --hp {params.hp:q} --metrics {input.metrics}"
         " --models {input.models} {params.vision} {params.clip} {params.attacks} {params.relearn}"
+        " --authors {input.authors}"
         " --tables {output.tables}"
         " --plots {output.plots}"
         " --out {output.csv} > {log} 2>&1"

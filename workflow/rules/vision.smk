@@ -114,6 +114,8 @@ rule vision_score:
     output:
         scores="results/vision/{family}/scores.parquet",
         summary="results/vision/{family}/summary.json",
+    params:
+        bootstrap=BOOTSTRAP,
     log:
         "logs/vision/score/{family}.log",
     benchmark:
@@ -125,7 +127,7 @@ rule vision_score:
         "../../environment.yml"
     shell:
         "python -m clearbench vision collect --scores {input.scores} --meta {input.meta}"
-        " --out {output.scores} --summary {output.summary} > {log} 2>&1"
+        " --out {output.scores} --summary {output.summary} {params.bootstrap} > {log} 2>&1"
 
 
 rule vision_report:

@@ -14,6 +14,31 @@ __all__ = [
 STATUS_KEY = b"clearbench.status"
 
 
+def bootstrap_level(text: str) -> float:
+    level = float(text)
+    if not 0 < level < 1:
+        raise ValueError(text)  # argparse: "invalid bootstrap_level value"
+    return level
+
+
+def bootstrap_count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise ValueError(text)
+    return n
+
+
+def add_bootstrap_arguments(parser, what: str) -> None:
+    """--bootstrap N, --bootstrap-seed, --level of the scoring CLIs (metrics, mia, vision
+    collect): intervals <key>_lo/<key>_hi from N resamples of `what`."""
+    parser.add_argument("--bootstrap", type=bootstrap_count, default=0, metavar="N",
+                        help=f"add <key>_lo/<key>_hi: percentile intervals from N resamples of "
+                        f"{what} (default 0: none)")  # fmt: skip
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="the resampling's seed")
+    parser.add_argument("--level", type=bootstrap_level, default=0.95,
+                        help="the intervals' level, in (0, 1) (default 0.95)")  # fmt: skip
+
+
 def __getattr__(name):
     # Re-exported lazily: importing metrics.text here would make `python -m
     # clearbench.metrics.text` print a runpy RuntimeWarning on stderr.

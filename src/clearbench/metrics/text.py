@@ -7,7 +7,14 @@ gt_minkpp (list of the Min-K%++ scores of the answer's tokens) and an optional t
 (authors no model trains on) give the membership attack (see `membership_scores`).
 
     python -m clearbench metrics EVAL.parquet [--gold GOLD.parquet] [--out FILE.json]
-                                 [--mink-k 0.2]
+                                 [--mink-k 0.2] [--convention clearbench|clear-authors]
+                                 [--bootstrap N [--bootstrap-seed S] [--level 0.95]]
+                                 [--authors-out FILE.json]
+
+--convention clear-authors recomputes real, retain, forget, forget quality and the per-task
+scores the way the CLEAR authors' code does (metrics.resample); --bootstrap adds percentile
+intervals <key>_lo/<key>_hi; --authors-out also writes the authors' convention (one read, one
+ROUGE pass: the DAG's second set of tables).
 """
 
 import argparse
@@ -25,7 +32,7 @@ from scipy.special import logsumexp
 from scipy.stats import hmean, ks_2samp, rankdata
 
 from clearbench.io import first_line, write_text_atomic
-from clearbench.metrics import STATUS_KEY
+from clearbench.metrics import STATUS_KEY, add_bootstrap_arguments
 
 COLUMNS = ("task", "sample_id", "gt_loss", "para_loss", "perturbed_losses", "generation", "answer")
 # One dict covers both tracks: only the tasks present in a table are used.
@@ -289,6 +296,28 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+def scores_in(convention: str, df: pd.DataFrame, gold: pd.DataFrame | None, args, cache) -> dict:
+    """score_table's keys in `convention` (the authors' replace the keys they define
+    differently), plus the bootstrap intervals when args.bootstrap asks for them. cache: a dict
+    that keeps score_table and the per-row pass (resample.Scorer) between the conventions."""
+    from clearbench.metrics import resample
+
+    if "ours" not in cache:
+        cache["ours"] = score_table(df, gold, mink_k=args.mink_k)
+    scores = dict(cache["ours"])
+    if convention == "clearbench" and not args.bootstrap:
+        return scores
+    if "scorer" not in cache:
+        cache["scorer"] = resample.Scorer(df, gold)
+    if convention == "clear-authors":
+        scores |= resample.authors_scores(cache["scorer"])
+    if args.bootstrap:
+        scores |= resample.intervals(
+            cache["scorer"], args.bootstrap, args.bootstrap_seed, args.level, convention
+        )
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clearbench metrics", description="Score a per-sample eval table (CLEAR metrics)."
@@ -304,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         default=MINK_K,
         help="Min-K%%++: the fraction of lowest-scoring answer tokens averaged (default 0.2)",
     )
+    parser.add_argument("--convention", choices=("clearbench", "clear-authors"),
+                        default="clearbench", help="whose metric definitions (README "
+                        "'Conventions'; default clearbench)")  # fmt: skip
+    add_bootstrap_arguments(parser, "the samples, within each task")
+    parser.add_argument("--authors-out", type=Path,
+                        help="also write the scores in the clear-authors convention here")  # fmt: skip
     args = parser.parse_args(argv)
     if not 0 < args.mink_k <= 1:
         parser.error(f"--mink-k must be in (0, 1], got {args.mink_k}")
@@ -311,15 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         df = read_table(args.table)
         gold = read_table(args.gold) if args.gold is not None else None
-        try:
-            scores = score_table(df, gold, mink_k=args.mink_k)
-        except TableError as e:  # a bad row: name the file it came from
-            raise TableError(f"{args.table}: {e}") from None
-        text = json.dumps(scores, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        if args.out is None:
-            sys.stdout.write(text)
-        else:
-            write_text_atomic(args.out, text)
+        outputs = [(args.out, args.convention)]
+        if args.authors_out is not None:
+            outputs.append((args.authors_out, "clear-authors"))
+        cache = {}
+        for out, convention in outputs:
+            try:
+                scores = scores_in(convention, df, gold, args, cache)
+            except TableError as e:  # a bad row: name the file it came from
+                raise TableError(f"{args.table}: {e}") from None
+            text = json.dumps(scores, indent=2, sort_keys=True, allow_nan=False) + "\n"
+            if out is None:
+                sys.stdout.write(text)
+            else:
+                write_text_atomic(out, text)
     except TableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,6 +70,10 @@ def caption(path: Path) -> str:
         return f"Contact sheet: {name}"
     if name.startswith("losses_"):
         return f"Loss of every unlearning run per step ({name[len('losses_') :]})"
+    if name.startswith("intervals_"):
+        return f"Forget against Retain with bootstrap intervals ({name[len('intervals_') :]})"
+    if name.startswith("attacks_"):
+        return f"Forget before and after each attack ({name[len('attacks_') :]})"
     return f"Real / Retain / Forget per method ({name})"
 
 
@@ -127,6 +131,8 @@ def build_html_report(
         )
 
     add("Tables", tables, {"tables"})
+    if tables and (Path(tables) / "authors").is_dir():
+        add("Tables in the CLEAR authors' convention", Path(tables) / "authors", {"tables"})
     add("Plots", plots, {"images"})
     add("Vision track (Table 2, Figure 6)", vision, {"tables", "images"})
     for folder in clip:  # results/clip/<split>: the clip table and its plot

@@ -10,20 +10,27 @@ import pandas as pd
 
 from clearbench.io import atomic_path, write_text_atomic
 from clearbench.report.attacks import ATTACK_COLUMNS, attack_tables, merge_attacks, plot_attacks
+from clearbench.report.uncertainty import (
+    INTERVAL_COLUMNS,
+    plot_intervals,
+    tie_with_next,
+    with_intervals,
+)
 
 COLUMNS = [
     "track", "split", "method", "l1", "modality",
     "real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
     "forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia", "real_acc", "privleak",
     *ATTACK_COLUMNS, "rte_seconds", "status", "diverged_models", "rank", "rank_paper",
+    "tie_with_next", *INTERVAL_COLUMNS,
 ]  # fmt: skip
 REFERENCES = ("original", "gold")
 LANGUAGE_TRACKS = ("text", "vlm")
 VISION_KEYS = ["forget_acc", "holdout_acc", "retain_acc", "u_lira", "u_mia"]
-LANGUAGE_SHOWN = [
+LANGUAGE_SHOWN = with_intervals([
     "method", "l1", "modality", "real", "retain", "forget",
     "log10_forget_quality", "forget_quality_js", "rte_seconds", "status", "rank", "rank_paper",
-]  # fmt: skip
+])  # fmt: skip
 
 
 # per track: the columns of the collapse rules, the sort keys of `rank` and of the paper's
@@ -39,15 +46,17 @@ VIEWS = {
         real=None,
         rank=lira_gap,
         rank_paper=lira_gap,
-        shown=[
-            "method",
-            "modality",
-            *VISION_KEYS,
-            "rte_seconds",
-            "status",
-            "diverged_models",
-            "rank",
-        ],  # fmt: skip
+        shown=with_intervals(
+            [
+                "method",
+                "modality",
+                *VISION_KEYS,
+                "rte_seconds",
+                "status",
+                "diverged_models",
+                "rank",
+            ]
+        ),  # fmt: skip
         bars=["retain_acc", "forget_acc", "holdout_acc", "u_lira"],
         ylabel="accuracy / attack accuracy (U-LIRA: 0.5 is ideal)",
     ),
@@ -89,8 +98,8 @@ VIEWS = {
         ylabel="metric (higher real/retain, lower forget is better)",
     ),
 }
-TABLE_COLUMNS = ["split", "method", "l1", "modality", "real", "retain", "forget",
-                 "log10_forget_quality", "forget_quality_js", "rte_seconds", "status"]  # fmt: skip
+TABLE_COLUMNS = with_intervals(["split", "method", "l1", "modality", "real", "retain", "forget",
+                 "log10_forget_quality", "forget_quality_js", "rte_seconds", "status"])  # fmt: skip
 
 
 def parse_model(name: str) -> tuple[str, object, str]:
@@ -120,7 +129,7 @@ def vision_row(summary_path: str, split: str) -> dict:
     summary = json.loads(Path(summary_path).read_text())
     row = {"track": "vision", "split": split, "method": family, "l1": None}
     row["modality"] = None if family in REFERENCES else "visual"
-    row |= {k: summary.get(k) for k in VISION_KEYS}
+    row |= {k: summary.get(k) for k in VISION_KEYS + INTERVAL_COLUMNS}
     row["rte_seconds"] = summary.get("rte_seconds")
     row["status"] = summary.get("status", "ok")
     row["diverged_models"] = summary.get("n_diverged")
@@ -200,10 +209,22 @@ def apply_rules(board: pd.DataFrame, hp: dict) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
+    """A Markdown table; a column with <col>_lo and <col>_hi beside it shows "value [lo, hi]"."""
+    bounds = {f"{c}_{side}" for c in df.columns for side in ("lo", "hi")
+              if f"{c}_lo" in df.columns and f"{c}_hi" in df.columns}  # fmt: skip
+    cols = [c for c in df.columns if c not in bounds]
+
+    def cell(v) -> str:
+        return "" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        cells = ["" if pd.isna(v) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            text = cell(row[c])
+            if f"{c}_lo" in bounds and text and not pd.isna(row[f"{c}_lo"]):
+                text += f" [{cell(row[f'{c}_lo'])}, {cell(row[f'{c}_hi'])}]"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -346,6 +367,38 @@ def write_table(df: pd.DataFrame, folder: str, name: str) -> None:
     write_text_atomic(Path(folder) / f"{name}.md", markdown_table(df))
 
 
+def typed(board: pd.DataFrame) -> pd.DataFrame:
+    numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
+               *VISION_KEYS, "real_acc", "privleak", "rte_seconds", *INTERVAL_COLUMNS]  # fmt: skip
+    board[numeric] = board[numeric].astype(float)
+    board["diverged_models"] = pd.to_numeric(board["diverged_models"]).astype("Int64")
+    return board
+
+
+def authors_tables(
+    metrics: list[str],
+    models: list[str],
+    hp: dict,
+    folder: Path,
+    vision: list[str] = (),
+    vision_split: str | None = None,
+) -> None:
+    """The per-track and paper tables again, every number in the CLEAR authors' convention
+    (metrics files written with --authors-out; vision summaries' `authors` part)."""
+    rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
+    for path in vision:
+        row = vision_row(path, vision_split)
+        authors = json.loads(Path(path).read_text()).get("authors", {})
+        rows.append(row | {k: authors.get(k) for k in VISION_KEYS + INTERVAL_COLUMNS})
+    board = apply_rules(typed(pd.DataFrame(rows).reindex(columns=COLUMNS)), hp)
+    board["tie_with_next"] = tie_with_next(board)
+    folder.mkdir(parents=True, exist_ok=True)
+    for (track, split), group in board.groupby(["track", "split"], sort=False):
+        write_table(group[view(track)["shown"]], folder, f"{track}_{split}")
+    for name, table in paper_tables(board).items():
+        write_table(table, folder, name)
+
+
 def build_leaderboard(
     metrics: list[str],
     models: list[str],
@@ -358,28 +411,31 @@ def build_leaderboard(
     clip: list[str] = (),
     attacks: list[str] = (),
     relearn: list[str] = (),
+    authors: list[str] = (),
 ) -> dict:
     """metrics/models: per-sample-evaluated models (text, vlm); vision: model-family summaries;
     clip: the clip track's model summaries; attacks: the language tracks' attack metrics,
-    relearn: the vision families' U-LIRA after relearning (clearbench.report.attacks)."""
+    relearn: the vision families' U-LIRA after relearning (clearbench.report.attacks);
+    authors: the metrics files in the CLEAR authors' convention, paired with `metrics` (the
+    tables again in <tables>/authors)."""
     if len(metrics) != len(models):
         raise ValueError("leaderboard: --metrics and --models must pair up one to one")
+    if authors and len(authors) != len(metrics):
+        raise ValueError("leaderboard: --authors and --metrics must pair up one to one")
     if vision and not vision_split:
         raise ValueError("leaderboard: --vision needs --vision-split (the forget split of F)")
     rows = [row_of(m, d) for m, d in zip(metrics, models, strict=True)]
     rows += [vision_row(s, vision_split) for s in vision]
     rows += [clip_row(s) for s in clip]
     board = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    numeric = ["real", "retain", "forget", "log10_forget_quality", "forget_quality_js",
-               *VISION_KEYS, "real_acc", "privleak", "rte_seconds"]  # fmt: skip
-    board[numeric] = board[numeric].astype(float)
-    board["diverged_models"] = pd.to_numeric(board["diverged_models"]).astype("Int64")
-    board = merge_attacks(apply_rules(board, hp), list(attacks), list(relearn))
+    board = merge_attacks(apply_rules(typed(board), hp), list(attacks), list(relearn))
+    board["tie_with_next"] = tie_with_next(board)
     for folder in (tables, plots):
         Path(folder).mkdir(parents=True, exist_ok=True)
     for (track, split), group in board.groupby(["track", "split"], sort=False):
         write_table(group[view(track)["shown"]], tables, f"{track}_{split}")
         plot_split(group, Path(plots) / f"{track}_{split}.png")
+        plot_intervals(group, Path(plots) / f"intervals_{track}_{split}.png")
         if track in LANGUAGE_TRACKS:
             plot_losses(models, track, split, Path(plots) / f"losses_{track}_{split}.png")
     for name, table in paper_tables(board).items():
@@ -387,6 +443,8 @@ def build_leaderboard(
     for name, table in attack_tables(board).items():
         write_table(table, tables, name)
         plot_attacks(board.loc[table.index], Path(plots) / f"{name}.png")
+    if authors:
+        authors_tables(list(authors), models, hp, Path(tables) / "authors", vision, vision_split)
     rte = rte_table(board)
     if len(rte):
         write_table(rte, tables, "rte_training_free")

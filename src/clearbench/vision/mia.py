@@ -12,7 +12,8 @@ Conventions shared by both attacks:
   guess at 0.5. If either class has no scored target row the score is None (undefined).
 - 0.5 = forget and holdout indistinguishable (ideal unlearning), 1.0 = fully exposed.
 
-CLI: python -m clearbench mia SCORES.parquet [--out FILE.json]
+CLI: python -m clearbench mia SCORES.parquet [--out FILE.json] [--convention clearbench|clear-authors]
+                               [--bootstrap N [--bootstrap-seed S] [--level 0.95]]
 """
 
 import argparse
@@ -24,12 +25,15 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from clearbench.io import atomic_path, read_parquet, write_text_atomic
+from clearbench.metrics import add_bootstrap_arguments
 
 COLUMNS = ["model", "role", "group", "identity", "sample_id", "phi", "correct"]
 ROLES = {"target", "shadow"}
 GROUPS = {"forget", "holdout", "retain"}
 KEYS = ["u_lira", "u_mia", "forget_acc", "holdout_acc", "retain_acc"]
 MIN_SCALE = 1e-6  # floor for the robust scale, so a degenerate MAD does not divide by zero
+CONVENTIONS = ("clearbench", "clear-authors")  # see authors_phi
+AUTHORS_EPS = 1e-45  # the authors' cv/attack.py: log(s + 1e-45) - log(1 - s + 1e-45)
 
 
 def phi_from_cosine(cos, eps=1e-6):
@@ -117,6 +121,12 @@ def u_lira(scores):
     the 0/0 case, is OUT). Examples with no IN or no OUT shadow value are skipped.
     Returns None if nothing can be scored.
     """
+    pairs = lira_predictions(scores)
+    return None if pairs is None else _balanced_accuracy(*pairs)
+
+
+def lira_predictions(scores):
+    """(predicted IN, truly IN) per scored target row of U-LIRA, or None."""
     shadows, targets = _attack_rows(scores, "shadow"), _attack_rows(scores, "target")
     if shadows.empty or targets.empty:
         return None
@@ -131,7 +141,7 @@ def u_lira(scores):
     phi = t["phi"].to_numpy()
     log_in = _norm_logpdf(phi, t["mu_in"].to_numpy(), t["s_in"].to_numpy())
     log_out = _norm_logpdf(phi, t["mu_out"].to_numpy(), t["s_out"].to_numpy())
-    return _balanced_accuracy(log_in > log_out, t["is_in"].to_numpy())
+    return log_in > log_out, t["is_in"].to_numpy()
 
 
 def _fit_logistic(x, y, l2=1.0):
@@ -160,6 +170,12 @@ def u_mia(scores):
     Fitted on all shadow rows in group forget (label 1) / holdout (label 0); phi is standardized
     with the shadow mean and std first. Returns None if a class is missing on either side.
     """
+    pairs = mia_predictions(scores)
+    return None if pairs is None else _balanced_accuracy(*pairs)
+
+
+def mia_predictions(scores):
+    """(predicted IN, truly IN) per target row of U-MIA, or None."""
     shadows, targets = _attack_rows(scores, "shadow"), _attack_rows(scores, "target")
     y = shadows["is_in"].to_numpy()
     if targets.empty or y.all() or not y.any():
@@ -168,7 +184,7 @@ def u_mia(scores):
     mean, std = x.mean(), max(x.std(), MIN_SCALE)
     w, b = _fit_logistic((x - mean) / std, y)
     z = w * (targets["phi"].to_numpy(dtype=np.float64) - mean) / std + b
-    return _balanced_accuracy(z > 0, targets["is_in"].to_numpy())
+    return z > 0, targets["is_in"].to_numpy()
 
 
 def accuracies(scores):
@@ -188,6 +204,68 @@ def score_mia(scores):
     return {k: None if v is None or not np.isfinite(v) else float(v) for k, v in result.items()}
 
 
+def authors_phi(phi, eps=1e-6):
+    """The CLEAR authors' score, log(s + 1e-45) - log(1 - s + 1e-45) with s = clip(cos, 0, 1),
+    from ours: s = sigmoid(phi) is the cosine wherever phi_from_cosine did not clip it; at our
+    floor (cos <= eps) s is taken as 0 and at our ceiling (cos >= 1 - eps) as 1, the authors'
+    values for cos <= 0 and cos = 1 (0 < cos < 1e-6 would differ; it is a point mass at 0)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    floor = float(phi_from_cosine(0.0, eps))
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-phi))
+    s = np.where(phi <= floor + 1e-9, 0.0, np.where(phi >= -floor - 1e-9, 1.0, s))
+    return np.log(s + AUTHORS_EPS) - np.log(1.0 - s + AUTHORS_EPS)
+
+
+def in_convention(scores: pd.DataFrame, convention: str) -> pd.DataFrame:
+    """The scores table with phi as `convention` computes it (clearbench: as stored)."""
+    if convention == "clearbench":
+        return scores
+    return scores.assign(phi=authors_phi(scores["phi"]))
+
+
+def _percentiles(values, n: int, level: float) -> tuple:
+    if values is None:
+        return None, None
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size * 2 <= n:
+        return None, None
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(v, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _resampled_means(x, n: int, rng) -> np.ndarray | None:
+    x = np.asarray(x, dtype=np.float64)
+    return x[rng.integers(0, x.size, (n, x.size))].mean(1) if x.size else None
+
+
+def intervals(scores, n: int, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals, <key>_lo and <key>_hi for each of KEYS: the target rows,
+    i.e. (model, example) pairs, resampled within each class (IN = forget, OUT = holdout) and
+    within each group for the accuracies. The attacks are fitted once on the shadows: the
+    intervals are those of the evaluation on the targets, not of refitting the attack."""
+    rng = np.random.default_rng(seed)
+    draws = {}
+    for key, pairs in (("u_lira", lira_predictions(scores)), ("u_mia", mia_predictions(scores))):
+        draws[key] = None
+        if pairs is not None:
+            pred, truth = (np.asarray(x, bool) for x in pairs)
+            hit_in = _resampled_means(pred[truth], n, rng)
+            hit_out = _resampled_means(~pred[~truth], n, rng)
+            if hit_in is not None and hit_out is not None:
+                draws[key] = 0.5 * (hit_in + hit_out)
+    targets = scores[scores["role"] == "target"]
+    for group in ("forget", "holdout", "retain"):
+        correct = targets.loc[targets["group"] == group, "correct"].astype(float)
+        draws[f"{group}_acc"] = _resampled_means(correct, n, rng)
+    out = {}
+    for key in KEYS:
+        out[f"{key}_lo"], out[f"{key}_hi"] = _percentiles(draws[key], n, level)
+    return out
+
+
 def write_parquet_atomic(df: pd.DataFrame, path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
@@ -201,13 +279,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="clearbench mia", description=__doc__.splitlines()[0])
     p.add_argument("scores", help="scores.parquet (one row per model and image)")
     p.add_argument("--out", help="write the JSON here (atomically) instead of stdout")
+    p.add_argument("--convention", choices=CONVENTIONS, default="clearbench",
+                   help="phi as ours (cosine clipped at 1e-6) or as the CLEAR authors' code "
+                   "(floor log 1e-45); default clearbench")  # fmt: skip
+    add_bootstrap_arguments(p, "the targets' (model, example) pairs")
     args = p.parse_args(argv)
     try:
-        df = read_scores(args.scores, whole=True)
+        df = in_convention(read_scores(args.scores, whole=True), args.convention)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = score_mia(df)
+    if args.bootstrap:
+        result |= intervals(df, args.bootstrap, args.bootstrap_seed, args.level)
     if args.out:
         write_json_atomic(args.out, result)
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from clearbench.io import atomic_path, write_text_atomic
+from clearbench.metrics import add_bootstrap_arguments
 from clearbench.vision import mia
 
 TABLE2_COLUMNS = [
@@ -153,8 +154,25 @@ def summarize_family(metas: list[dict], scores: pd.DataFrame) -> dict:
     )
 
 
-def collect(scores: list[str], metas: list[str], out: str, summary: str) -> dict:
-    """Chunk scores + metas of one family -> its scores.parquet and summary.json."""
+def with_statistics(result: dict, scores: pd.DataFrame, bootstrap: dict | None) -> dict:
+    """The summary plus its bootstrap intervals (bootstrap: {n, seed, level}; n 0: none) and
+    `authors`: the mia numbers (and intervals) with phi as the CLEAR authors' code computes it."""
+    scores, _ = surviving(scores)
+    n = int((bootstrap or {}).get("n", 0))
+    if n:
+        result |= mia.intervals(scores, n, bootstrap["seed"], bootstrap["level"])
+    theirs = mia.in_convention(scores, "clear-authors")
+    result["authors"] = mia.score_mia(theirs) | (
+        mia.intervals(theirs, n, bootstrap["seed"], bootstrap["level"]) if n else {}
+    )
+    return result
+
+
+def collect(
+    scores: list[str], metas: list[str], out: str, summary: str, bootstrap: dict | None = None
+) -> dict:
+    """Chunk scores + metas of one family -> its scores.parquet and summary.json (with the
+    statistics of with_statistics)."""
     if len(scores) != len(metas):
         raise ValueError("collect: --scores and --meta must pair up one to one")
     frames = [mia.read_scores(p) for p in scores]
@@ -165,7 +183,7 @@ def collect(scores: list[str], metas: list[str], out: str, summary: str) -> dict
             mia.check_roles(table)
         except ValueError as e:
             raise ValueError(f"{', '.join(map(str, scores))}: {e}") from None
-    result = summarize_family(metas, table)
+    result = with_statistics(summarize_family(metas, table), table, bootstrap)
     mia.write_parquet_atomic(table, out)
     mia.write_json_atomic(summary, result)
     return result
@@ -180,6 +198,7 @@ def main(argv=None):
     s.add_argument("--meta", nargs="+", required=True, help="chunk meta JSONs, same order")
     s.add_argument("--out", required=True, help="the family's scores.parquet")
     s.add_argument("--summary", required=True, help="the family's summary JSON")
+    add_bootstrap_arguments(s, "the targets' (model, example) pairs")
     s = sub.add_parser("report", help="Figure 6 PNG + Table 2 CSV/Markdown from scores tables")
     s.add_argument("--scores", nargs="+", required=True, metavar="NAME=SCORES.parquet")
     s.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
@@ -188,7 +207,8 @@ def main(argv=None):
     s.add_argument("--out", required=True, help="Table 2 CSV (Markdown beside it, .md)")
     args = p.parse_args(argv)
     if args.step == "collect":
-        print(json.dumps(collect(args.scores, args.meta, args.out, args.summary)))
+        boot = dict(n=args.bootstrap, seed=args.bootstrap_seed, level=args.level)
+        print(json.dumps(collect(args.scores, args.meta, args.out, args.summary, boot)))
         return 0
     pairs = lambda items: dict(item.split("=", 1) for item in items)  # noqa: E731
     scores = {k: mia.read_scores(v) for k, v in pairs(args.scores).items()}
