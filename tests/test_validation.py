@@ -253,7 +253,7 @@ CASES = [
     ),
     (
         {"profil": "x"},
-        "profil: unknown key (known: attacks, clip, compute, data, eval, profile, report, seed, text, tracks,"
+        "profil: unknown key (known: attacks, bootstrap, clip, compute, data, eval, profile, report, seed, text, tracks,"
         " unlearn, vision, vlm)",
     ),
     (
