@@ -81,6 +81,10 @@ def test_the_authors_forget_quality_and_js_pair_samples_by_position():
     p = ks_2samp(tr_a(df), tr_a(gold)).pvalue
     assert scores["log10_forget_quality"] == pytest.approx(math.log10(p))
     assert scores["forget_quality_js"] == pytest.approx(jensenshannon(tr_a(df), tr_a(gold)))
+    # pairs are samples, not row positions: the gold table's row order does not matter
+    shuffled = gold.sample(frac=1.0, random_state=0)
+    again = resample.authors_scores(resample.Scorer(df, shuffled))
+    assert again["forget_quality_js"] == pytest.approx(scores["forget_quality_js"])
 
 
 def test_intervals_contain_the_point_and_are_seeded():

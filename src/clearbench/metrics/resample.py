@@ -78,10 +78,7 @@ def task_values(task: str, arr: dict, idx: np.ndarray, convention: str) -> dict[
             agg = np.minimum(tr, 1.0 / tr)
         else:
             agg = np.maximum(0.0, 1.0 - 1.0 / tr)
-    has_tr = ~np.isnan(agg)
-    truth = (
-        np.nansum(agg, 1) / has_tr.sum(1) if has_tr.any() else np.full(idx.shape[0], np.nan)
-    )  # fmt: skip
+        truth = np.nansum(agg, 1) / (~np.isnan(agg)).sum(1)  # NaN: no options in the draw
     return {
         "rouge_l": arr["rouge_l"][idx].mean(1),
         "probability": arr["probability_raw" if raw else "probability"][idx].mean(1),
@@ -140,10 +137,14 @@ class Scorer:
             self.gold = row_arrays(rows) if len(rows) else None
 
     def identity(self) -> dict[str, np.ndarray]:
-        """The point estimate: every row once (GOLD: every gold forget row)."""
+        """The point estimate: every row once (GOLD: every gold forget row, in the model's
+        sample order where both hold the same samples: the authors' JS pairs by position)."""
         idx = {t: np.arange(len(a["rouge_l"]))[None, :] for t, a in self.tasks.items()}
         if self.gold is not None:
-            idx[GOLD] = np.arange(len(self.gold["rouge_l"]))[None, :]
+            forget = self.tasks.get(m.FORGET_TASK)
+            paired = None if forget is None else _aligned(forget["sample_id"], self.gold)
+            order = np.arange(len(self.gold["rouge_l"])) if paired is None else paired
+            idx[GOLD] = order[None, :]
         return idx
 
     def draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
