@@ -214,7 +214,7 @@ def test_attack_columns_land_on_their_own_rows_with_a_table_and_a_plot(tmp_path)
             "npo-nol1-text",
             forget_none=0.24,
             forget_probe=0.3,
-            forget_q8=0.25,
+            forget_q8=None,  # a kind the DAG did not run (default: no q8) is null in every file
             forget_q4=0.4,
             relearn_forget=0.8,
             relearn_retain_forget=0.6,
@@ -236,6 +236,7 @@ def test_attack_columns_land_on_their_own_rows_with_a_table_and_a_plot(tmp_path)
     rows = rows.set_index(rows.method + "/" + rows.l1.astype(str))
     npo = rows.loc["npo/False"]
     assert (npo.forget_unattacked, npo.forget_probe, npo.forget_q4) == (0.24, 0.3, 0.4)
+    assert pd.isna(npo.forget_q8)
     assert (npo.relearn_forget, npo.relearn_retain_forget) == (0.8, 0.6)
     assert rows.loc["npo/True", ["forget_unattacked", "relearn_forget"]].isna().all()
     assert rows[rows.method == "gold"].relearn_forget.iloc[0] == 0.3

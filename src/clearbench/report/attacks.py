@@ -40,7 +40,10 @@ def language_attacks(paths: list[str]) -> pd.DataFrame:
         values = json.loads(Path(path).read_text())
         rows.append({"track": track, "split": split, "model": model}
                     | {col: values.get(key) for key, col in LANGUAGE_KEYS.items()})  # fmt: skip
-    return pd.DataFrame(rows, columns=["track", "split", "model", *LANGUAGE_KEYS.values()])
+    df = pd.DataFrame(rows, columns=["track", "split", "model", *LANGUAGE_KEYS.values()])
+    cols = list(LANGUAGE_KEYS.values())
+    df[cols] = df[cols].astype(float)  # a kind the DAG did not run is null in every file: NaN
+    return df
 
 
 def relearn_attacks(paths: list[str]) -> dict[str, float]:
