@@ -188,8 +188,12 @@ class Recorder:
 @pytest.fixture
 def recorded(monkeypatch):
     Recorder.calls = []
-    for auto in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "AutoImageProcessor"):
+    import transformers
+
+    for auto in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"):
         monkeypatch.setattr(factory, auto, Recorder)
+    # imported where it is used (only the vlm needs it): patched at its source
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Recorder)
     return Recorder.calls
 
 
