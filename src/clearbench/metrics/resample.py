@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
-from scipy.special import logsumexp
 from scipy.stats import ks_2samp
 
 from clearbench.metrics import text as m
@@ -44,12 +43,7 @@ def row_arrays(rows: pd.DataFrame) -> dict[str, np.ndarray]:
         "rouge_l": np.array(
             [m._rouge_l_recall(a, g) for a, g in zip(answers, generations, strict=True)]
         ),  # fmt: skip
-        "probability": np.array(
-            [
-                float(np.exp(-g - logsumexp(np.concatenate([[-g], -p]))))
-                for g, p in zip(gt, pert, strict=True)
-            ]
-        ),  # fmt: skip
+        "probability": np.array([m._probability(g, p) for g, p in zip(gt, pert, strict=True)]),
         "probability_raw": np.exp(-gt),
         "para": rows["para_loss"].astype(float).fillna(rows["gt_loss"].astype(float)).to_numpy(),
         "pert_sum": np.array([p.sum() for p in pert]),

@@ -296,28 +296,6 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def scores_in(convention: str, df: pd.DataFrame, gold: pd.DataFrame | None, args, cache) -> dict:
-    """score_table's keys in `convention` (the authors' replace the keys they define
-    differently), plus the bootstrap intervals when args.bootstrap asks for them. cache: a dict
-    that keeps score_table and the per-row pass (resample.Scorer) between the conventions."""
-    from clearbench.metrics import resample
-
-    if "ours" not in cache:
-        cache["ours"] = score_table(df, gold, mink_k=args.mink_k)
-    scores = dict(cache["ours"])
-    if convention == "clearbench" and not args.bootstrap:
-        return scores
-    if "scorer" not in cache:
-        cache["scorer"] = resample.Scorer(df, gold)
-    if convention == "clear-authors":
-        scores |= resample.authors_scores(cache["scorer"])
-    if args.bootstrap:
-        scores |= resample.intervals(
-            cache["scorer"], args.bootstrap, args.bootstrap_seed, args.level, convention
-        )
-    return scores
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clearbench metrics", description="Score a per-sample eval table (CLEAR metrics)."
@@ -349,12 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         outputs = [(args.out, args.convention)]
         if args.authors_out is not None:
             outputs.append((args.authors_out, "clear-authors"))
-        cache = {}
+        try:
+            ours = score_table(df, gold, mink_k=args.mink_k)
+            scorer = None  # the per-row pass of the other convention and the bootstrap
+            if args.bootstrap or any(c == "clear-authors" for _, c in outputs):
+                from clearbench.metrics import resample
+
+                scorer = resample.Scorer(df, gold)
+        except TableError as e:  # a bad row: name the file it came from
+            raise TableError(f"{args.table}: {e}") from None
         for out, convention in outputs:
-            try:
-                scores = scores_in(convention, df, gold, args, cache)
-            except TableError as e:  # a bad row: name the file it came from
-                raise TableError(f"{args.table}: {e}") from None
+            scores = dict(ours)
+            if convention == "clear-authors":  # the authors' replace the keys they define
+                scores |= resample.authors_scores(scorer)
+            if args.bootstrap:
+                scores |= resample.intervals(
+                    scorer, args.bootstrap, args.bootstrap_seed, args.level, convention
+                )
             text = json.dumps(scores, indent=2, sort_keys=True, allow_nan=False) + "\n"
             if out is None:
                 sys.stdout.write(text)
